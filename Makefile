@@ -1,0 +1,89 @@
+# High-Performance AI Systems: every command a learner, instructor or CI needs.
+# `make lab` and `make test` set everything up first; a second run reuses it.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS := lab,test
+KERNEL := hpai
+KERNEL_DISPLAY := Python (High-Performance AI Systems)
+CONSTRAINTS := requirements/constraints.txt
+PORT ?= 8888
+M ?=
+WORKERS ?= 2
+CELL_TIMEOUT ?= 90
+NOTEBOOK_DIRS := $(if $(M),$(wildcard modules/$(M)_*),modules notebooks)
+
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup lab test test-unit test-notebooks html bench lint format strip clean lock
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@echo "  variables: PORT=$(PORT) (lab), M=NN (test-notebooks, html: one module), WORKERS=$(WORKERS)"
+
+# The stamp is older than a dependency file when that file changed: reinstall then, and only then.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@$(BIN)/python -c 'import sys' 2>/dev/null || { echo "creating $(VENV) with $$($(PYTHON) --version)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) --editable '.[$(EXTRAS)]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" >/dev/null
+	@touch $@
+	@echo "environment ready: $(VENV) (kernel '$(KERNEL)')"
+
+setup: $(STAMP) ## create .venv, install the course and register its Jupyter kernel
+
+lab: $(STAMP) ## start JupyterLab on the course (PORT=8888); prints the URL
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=$(CURDIR) \
+		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/00_start_here.ipynb
+
+test: $(STAMP) ## unit tests, then every notebook under nbval
+	$(MAKE) --no-print-directory test-unit
+	$(MAKE) --no-print-directory test-notebooks
+
+test-unit: $(STAMP) ## unit tests of common and the repo's conventions
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
+
+test-notebooks: $(STAMP) ## execute notebooks under nbval (M=03 for one module)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOK_DIRS)
+
+html: $(STAMP) ## execute every notebook to HTML under build/ (M=03 for one module)
+	@mkdir -p build
+	@for nb in $$(find $(NOTEBOOK_DIRS) -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort); do \
+		out=build/$$(dirname $$nb); mkdir -p $$out; \
+		echo "executing $$nb"; \
+		(cd $$(dirname $$nb) && $(CURDIR)/$(BIN)/jupyter nbconvert --to html --execute \
+			--ExecutePreprocessor.timeout=600 --output-dir $(CURDIR)/$$out $$(basename $$nb)) || exit 1; \
+	done
+
+bench: $(STAMP) ## run the side-by-side benchmarks; results and plots in benchmarks/results/
+	$(BIN)/python -m benchmarks
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff fix and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+strip: $(STAMP) ## clear outputs and execution counts from every notebook
+	$(BIN)/nbstripout $$(git ls-files "*.ipynb")
+
+lock: ## re-resolve every dependency into $(CONSTRAINTS) (needs the registries)
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --editable '.[$(EXTRAS)]'
+	{ echo "# Pinned versions for 'make setup'; regenerate with 'make lock'."; \
+	  build/lock-venv/bin/python -m pip freeze --exclude-editable | sed -E 's/\+cpu$$//'; } > $(CONSTRAINTS)
+	rm -rf build/lock-venv
+
+clean: ## remove the environment, build outputs and caches
+	rm -rf $(VENV) build .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +

@@ -1,0 +1,165 @@
+"""What hardware is here: the only module that asks "is there a GPU?".
+
+Every check is cheap and never raises, so a notebook or test can call it on a
+laptop with no CUDA driver, no CuPy and no GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import psutil
+import torch
+
+DeviceKind = Literal["cpu", "cuda"]
+_KINDS = ("auto", "cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    """True when torch can run on a CUDA GPU; False on any error."""
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken driver must read as "no GPU", not crash a notebook
+        return False
+
+
+def cupy_available() -> bool:
+    """True when CuPy is installed *and* can reach a GPU (importing alone is not enough)."""
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where tensors live: a kind and an index, convertible to torch's device."""
+
+    kind: DeviceKind = "cpu"
+    index: int = 0
+
+    @property
+    def torch(self) -> torch.device:
+        return torch.device("cpu") if self.kind == "cpu" else torch.device("cuda", self.index)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "cuda"
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work, so a timer measures the work and not its launch."""
+        if self.is_gpu:
+            torch.cuda.synchronize(self.index)
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+def get_device(prefer: str = "auto") -> Device:
+    """The device strategy: 'auto' takes the GPU when there is one, else the CPU.
+
+    Asking for 'cuda' (or 'cuda:N') where there is none is an error rather than a
+    silent fallback, so a benchmark never reports CPU numbers under a GPU label.
+    """
+    name, _, index = prefer.partition(":")
+    if name not in _KINDS or (index and not index.isdigit()):
+        raise ValueError(f"unknown device {prefer!r}: expected one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+    if name == "cpu":
+        return Device("cpu")
+    if name == "auto":
+        return Device("cuda", 0) if cuda_available() else Device("cpu")
+    if not cuda_available():
+        raise RuntimeError(f"device {prefer!r} requested but no CUDA GPU is available here")
+    n = int(index or 0)
+    count = torch.cuda.device_count()
+    if n >= count:
+        raise ValueError(f"device {prefer!r} does not exist: this machine has {count} CUDA device(s)")
+    return Device("cuda", n)
+
+
+def array_module(device: Device | None = None) -> ModuleType:
+    """NumPy on the CPU, CuPy on a GPU (when CuPy can use it): code written
+    against `xp` runs on either."""
+    device = device or get_device()
+    if device.is_gpu and cupy_available():
+        import cupy
+
+        return cupy
+    return np
+
+
+def thread_count() -> int:
+    """Threads torch uses for intra-op parallelism (what a CPU matmul spreads over)."""
+    return torch.get_num_threads()
+
+
+def set_thread_count(n: int) -> None:
+    """Pin torch's intra-op threads; raises on a count this machine cannot honour."""
+    cores = os.cpu_count() or 1
+    if not 1 <= n <= 4 * cores:
+        raise ValueError(f"thread count must be between 1 and {4 * cores} on this {cores}-core machine, got {n}")
+    torch.set_num_threads(n)
+
+
+@dataclass(frozen=True)
+class DtypePolicy:
+    """Which float type compute should use on a device, and why.
+
+    On a CPU without bf16/fp16 units, reduced precision is *slower* than fp32
+    (measured in module 05), so the CPU default stays fp32.
+    """
+
+    compute: torch.dtype
+    reason: str
+
+
+def dtype_policy(device: Device | None = None) -> DtypePolicy:
+    device = device or get_device()
+    if device.is_gpu:
+        if torch.cuda.is_bf16_supported():
+            return DtypePolicy(torch.bfloat16, "GPU with bf16 support: half the bytes, fp32 range")
+        return DtypePolicy(torch.float16, "GPU without bf16: fp16 halves memory traffic")
+    return DtypePolicy(torch.float32, "CPU: fp32 is the fast path (bf16/fp16 are emulated on most CPUs)")
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. 'AMD EPYC 7B13'."""
+    try:
+        import cpuinfo
+
+        return cpuinfo.get_cpu_info().get("brand_raw") or platform.processor() or "unknown"
+    except Exception:
+        return platform.processor() or "unknown"
+
+
+def describe() -> dict[str, Any]:
+    """A one-screen summary of this machine for the top of a notebook."""
+    device = get_device()
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores (logical)": os.cpu_count(),
+        "cores (physical)": psutil.cpu_count(logical=False),
+        "memory (GiB)": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch threads": thread_count(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device.index) if device.is_gpu else "none",
+        "array module": array_module(device).__name__,
+        "compute dtype": str(dtype_policy(device).compute).removeprefix("torch."),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    return info

@@ -1,0 +1,50 @@
+"""PyTorch runtimes: eager, and compiled with torch.compile."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from common.device import get_device
+from common.engine.model import Model
+
+
+class TorchRuntime:
+    """Runs a `Model` with PyTorch, eagerly or through `torch.compile`.
+
+    Inputs arrive as NumPy and are wrapped with `torch.from_numpy` (no copy on
+    the CPU); outputs go back as NumPy. Inference runs under `inference_mode`,
+    which skips autograd bookkeeping entirely.
+    """
+
+    def __init__(self, model: Model, *, device: str = "auto", compile: bool = False, compile_mode: str | None = None):
+        self.model = model
+        self._device = get_device(device)
+        self.device = str(self._device)
+        self.compiled = compile
+        self.name = "torch-compile" if compile else "torch-eager"
+        module = model.build().to(self._device.torch)
+        self._module: torch.nn.Module | None = (
+            torch.compile(module, mode=compile_mode, dynamic=True) if compile else module
+        )
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._module is None:
+            raise RuntimeError(f"runtime {self.name!r} for {self.model.name!r} is closed")
+        self.model.check_inputs(inputs)
+        args = [torch.from_numpy(inputs[s.name]).to(self._device.torch) for s in self.model.inputs]
+        with torch.inference_mode():
+            out = self._module(*args)
+        outs = out if isinstance(out, tuple | list) else (out,)
+        if len(outs) != len(self.model.outputs):
+            raise RuntimeError(f"model {self.model.name!r} returned {len(outs)} outputs, its spec names {len(self.model.outputs)}")
+        return {s.name: t.detach().cpu().numpy() for s, t in zip(self.model.outputs, outs, strict=True)}
+
+    def close(self) -> None:
+        self._module = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._module is None else "open"
+        return f"TorchRuntime({self.model.name!r}, device={self.device!r}, compile={self.compiled}, {state})"
