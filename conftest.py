@@ -43,4 +43,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         flag = "  OVER BUDGET" if s > NOTEBOOK_BUDGET_S else ""
         terminalreporter.write_line(f"{s:6.1f} s  {path}{flag}")
     for path, s in _over_budget().items():
-        terminalreporter.write_line(f"FAILED budget: {path} took {s:.1f} s, the budget is {NOTEBOOK_BUDGET_S:.0f} s", red=True)
+        terminalreporter.write_line(
+            f"FAILED budget: {path} took {s:.1f} s, the budget is {NOTEBOOK_BUDGET_S:.0f} s", red=True
+        )

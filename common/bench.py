@@ -326,17 +326,28 @@ def measure_bandwidth(nbytes: int = 256 * 2**20, device: Device | None = None, r
     n = nbytes // 4
     src = torch.ones(n, dtype=torch.float32, device=device.torch)
     dst = torch.zeros_like(src)
-    return measure(lambda: dst.copy_(src), name=f"copy {nbytes / 2**20:.0f} MiB", warmup=2, repeat=repeat, number=1, device=device)
+    return measure(
+        lambda: dst.copy_(src), name=f"copy {nbytes / 2**20:.0f} MiB", warmup=2, repeat=repeat, number=1, device=device
+    )
 
 
-def measure_matmul(n: int = 2048, dtype: torch.dtype = torch.float32, device: Device | None = None, repeat: int = 10) -> Timing:
+def measure_matmul(
+    n: int = 2048, dtype: torch.dtype = torch.float32, device: Device | None = None, repeat: int = 10
+) -> Timing:
     """Time an n x n matmul, which does 2 * n**3 floating-point operations."""
     device = device or get_device()
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device.torch, dtype)
     b = torch.randn(n, n, generator=gen).to(device.torch, dtype)
     out = torch.empty(n, n, dtype=dtype, device=device.torch)
-    return measure(lambda: torch.mm(a, b, out=out), name=f"matmul {n}x{n} {dtype}", warmup=2, repeat=repeat, number=1, device=device)
+    return measure(
+        lambda: torch.mm(a, b, out=out),
+        name=f"matmul {n}x{n} {dtype}",
+        warmup=2,
+        repeat=repeat,
+        number=1,
+        device=device,
+    )
 
 
 def bandwidth_gbs(timing: Timing, nbytes: int) -> float:
@@ -401,7 +412,9 @@ def plot_roofline(ceilings: Ceilings, points: Mapping[str, tuple[float, float]] 
         ax.loglog([intensity], [gflops], "o", label=label)
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_ylabel("GFLOP/s")
-    ax.set_title(f"roofline: {ceilings.bandwidth_gbs:.1f} GB/s, {ceilings.matmul_gflops:.0f} GFLOP/s ({ceilings.device})")
+    ax.set_title(
+        f"roofline: {ceilings.bandwidth_gbs:.1f} GB/s, {ceilings.matmul_gflops:.0f} GFLOP/s ({ceilings.device})"
+    )
     ax.legend(fontsize="small")
     return ax
 

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_hsm = pytest.mark.skip(reason="needs SoftHSM2's PKCS#11 library (Debian package softhsm2)")
     has_hsm = softhsm_library() is not None
     for item in items:
-        if "gpu" in item.keywords and not HAS_CUDA:
+        if item.get_closest_marker("gpu") and not HAS_CUDA:
             item.add_marker(skip_gpu)
-        if "hsm" in item.keywords and not has_hsm:
+        if item.get_closest_marker("hsm") and not has_hsm:
             item.add_marker(skip_hsm)

@@ -15,8 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, Self
 
 from common.engine.codec import Codec, Req, Resp
-from common.engine.runtime import Runtime, create_runtime
 from common.engine.model import Model
+from common.engine.runtime import Runtime, create_runtime
 
 
 class EngineClosed(RuntimeError):
@@ -66,13 +66,19 @@ class Engine(Generic[Req, Resp]):
     def infer(self, requests: Sequence[Req]) -> list[Resp]:
         """Encode, run and decode one batch on the calling thread."""
         self._check_running()
-        return self.codec.decode(self.runtime.run(self.codec.encode(requests)))
+        return self._infer(requests)
 
     def submit(self, requests: Sequence[Req]) -> Future[list[Resp]]:
-        """Run `infer` on the engine's own worker thread and return a future."""
-        self._check_running()
-        assert self._pool is not None
-        return self._pool.submit(self.infer, requests)
+        """Run `infer` on the engine's own worker thread and return a future.
+
+        Work submitted before `close()` still completes: close waits for it."""
+        with self._lock:
+            self._check_running()
+            assert self._pool is not None
+            return self._pool.submit(self._infer, requests)
+
+    def _infer(self, requests: Sequence[Req]) -> list[Resp]:
+        return self.codec.decode(self.runtime.run(self.codec.encode(requests)))
 
     def close(self) -> None:
         """Finish queued work, stop the workers, release the runtime. Idempotent."""
@@ -113,4 +119,6 @@ def build_engine(
     **runtime_options: object,
 ) -> Engine[Req, Resp]:
     """One call from names to an engine: `build_engine(model, codec, runtime="torch-compile")`."""
-    return Engine(create_runtime(runtime, model, device=device, **runtime_options), codec, workers=workers, warmup=warmup)
+    return Engine(
+        create_runtime(runtime, model, device=device, **runtime_options), codec, workers=workers, warmup=warmup
+    )

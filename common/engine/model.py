@@ -65,7 +65,9 @@ class Model:
             spec.check(inputs[spec.name])
             n = inputs[spec.name].shape[0]
             if batch is not None and n != batch:
-                raise ValueError(f"model {self.name!r}: inputs disagree on batch size ({batch} vs {n} for {spec.name!r})")
+                raise ValueError(
+                    f"model {self.name!r}: inputs disagree on batch size ({batch} vs {n} for {spec.name!r})"
+                )
             batch = n
         if not batch:
             raise ValueError(f"model {self.name!r}: empty batch (batch size 0)")

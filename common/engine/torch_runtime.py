@@ -39,7 +39,9 @@ class TorchRuntime:
             out = self._module(*args)
         outs = out if isinstance(out, tuple | list) else (out,)
         if len(outs) != len(self.model.outputs):
-            raise RuntimeError(f"model {self.model.name!r} returned {len(outs)} outputs, its spec names {len(self.model.outputs)}")
+            raise RuntimeError(
+                f"model {self.model.name!r} returned {len(outs)} outputs, its spec names {len(self.model.outputs)}"
+            )
         return {s.name: t.detach().cpu().numpy() for s, t in zip(self.model.outputs, outs, strict=True)}
 
     def close(self) -> None:

@@ -21,7 +21,9 @@ def _seeded(factory, seed: int):
 def mlp_classifier(features: int = 64, hidden: int = 256, classes: int = 10, depth: int = 2, seed: int = 0) -> Model:
     """A small MLP classifier: features -> logits. Same seed, same weights."""
     if min(features, hidden, classes, depth) < 1:
-        raise ValueError(f"features, hidden, classes and depth must be >= 1, got {features}, {hidden}, {classes}, {depth}")
+        raise ValueError(
+            f"features, hidden, classes and depth must be >= 1, got {features}, {hidden}, {classes}, {depth}"
+        )
 
     def factory() -> nn.Module:
         layers: list[nn.Module] = []

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: `common` against the tools people would use instead."""
