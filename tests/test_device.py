@@ -68,3 +68,11 @@ def test_cuda_device_runs_a_kernel():
     x = torch.ones(1024, device=d.torch)
     d.synchronize()
     assert float(x.sum()) == 1024
+
+
+def test_numba_runs_cuda_kernels_on_its_simulator_without_a_gpu():
+    import os
+
+    if device.cuda_available():
+        pytest.skip("this machine has a GPU: Numba uses it, not the simulator")
+    assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "tests/conftest.py must set it before Numba is imported"
