@@ -117,12 +117,47 @@ def set_thread_count(n: int) -> None:
 class DtypePolicy:
     """Which float type compute should use on a device, and why.
 
-    On a CPU without bf16/fp16 units, reduced precision is *slower* than fp32
-    (measured in module 05), so the CPU default stays fp32.
+    On a CPU without bf16/fp16 instructions reduced precision is emulated and
+    far *slower* than fp32; with them it can be faster. The CPU default stays
+    fp32, the one type fast everywhere; module 05 measures the others.
     """
 
     compute: torch.dtype
     reason: str
+
+
+# CPU feature flags (as py-cpuinfo names them) that give a 16-bit type native
+# multiply-adds; without them torch converts to fp32 and back, and is far slower.
+LOW_PRECISION_FLAGS = {
+    "bfloat16": frozenset({"avx512_bf16", "amx_bf16", "bf16"}),  # x86 AVX-512/AMX, Arm BF16
+    "float16": frozenset({"avx512_fp16", "amx_fp16", "asimdhp"}),  # x86 AVX-512/AMX, Arm half-precision SIMD
+}
+
+
+@functools.cache
+def _cpu_info() -> dict[str, Any]:
+    try:
+        import cpuinfo
+
+        return cpuinfo.get_cpu_info()
+    except Exception:  # an unknown CPU must not break a notebook
+        return {}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. 'AMD EPYC 7B13'."""
+    return _cpu_info().get("brand_raw") or platform.processor() or "unknown"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (e.g. 'avx2', 'avx512_bf16'); read once per process."""
+    return frozenset(_cpu_info().get("flags", ()))
+
+
+def native_low_precision() -> dict[str, bool]:
+    """Whether this CPU has instructions for bf16 and fp16 arithmetic."""
+    flags = cpu_flags()
+    return {dtype: bool(flags & names) for dtype, names in LOW_PRECISION_FLAGS.items()}
 
 
 def dtype_policy(device: Device | None = None) -> DtypePolicy:
@@ -131,18 +166,11 @@ def dtype_policy(device: Device | None = None) -> DtypePolicy:
         if torch.cuda.is_bf16_supported():
             return DtypePolicy(torch.bfloat16, "GPU with bf16 support: half the bytes, fp32 range")
         return DtypePolicy(torch.float16, "GPU without bf16: fp16 halves memory traffic")
-    return DtypePolicy(torch.float32, "CPU: fp32 is the fast path (bf16/fp16 are emulated on most CPUs)")
-
-
-@functools.cache
-def cpu_model() -> str:
-    """The CPU's marketing name, e.g. 'AMD EPYC 7B13'."""
-    try:
-        import cpuinfo
-
-        return cpuinfo.get_cpu_info().get("brand_raw") or platform.processor() or "unknown"
-    except Exception:
-        return platform.processor() or "unknown"
+    if native_low_precision()["bfloat16"]:
+        why = "this CPU has bf16 instructions, so bf16 is an option worth measuring (module 05)"
+    else:
+        why = "this CPU has no bf16 instructions: bf16 would be emulated and far slower"
+    return DtypePolicy(torch.float32, f"CPU: fp32 is fast on every CPU; {why}")
 
 
 def describe() -> dict[str, Any]:

@@ -98,11 +98,13 @@ def test_bandwidth_and_flops_formulas():
     t = bench.Timing("copy", (0.01,))
     assert bench.bandwidth_gbs(t, 10**9) == pytest.approx(200.0)  # 2 GB moved in 10 ms
     assert bench.matmul_gflops(bench.Timing("mm", (1.0,)), 1000) == pytest.approx(2.0)
+    assert bench.bandwidth_gbs(bench.Timing("copy", (0.01, 0.02, 0.04)), 10**9, best=True) == pytest.approx(200.0)
 
 
 def test_machine_ceilings_are_measured_once_and_plausible():
     c = bench.machine_ceilings()
     assert c is bench.machine_ceilings()
+    assert c is bench.machine_ceilings(c.device), "'auto' and the device it resolves to share one measurement"
     assert c.bandwidth_gbs > 0.5 and c.matmul_gflops > 1.0
     assert c.ridge == pytest.approx(c.matmul_gflops / c.bandwidth_gbs)
     # the roofline: memory-bound left of the ridge, flat at the peak right of it

@@ -47,8 +47,20 @@ def test_array_module_is_numpy_on_cpu():
     assert device.array_module(device.get_device("cpu")) is np
 
 
-def test_cpu_dtype_policy_is_fp32():
-    assert device.dtype_policy(device.get_device("cpu")).compute == torch.float32
+def test_cpu_dtype_policy_is_fp32_and_says_why():
+    policy = device.dtype_policy(device.get_device("cpu"))
+    assert policy.compute == torch.float32
+    has_bf16 = device.native_low_precision()["bfloat16"]
+    assert ("has bf16 instructions" in policy.reason) == has_bf16, policy.reason
+
+
+def test_cpu_flags_are_read_and_low_precision_follows_them():
+    flags = device.cpu_flags()
+    assert "sse2" in flags or "asimd" in flags or not flags, "x86 and Arm CPUs report a basic SIMD flag"
+    native = device.native_low_precision()
+    assert set(native) == {"bfloat16", "float16"}
+    for dtype, has in native.items():
+        assert has == bool(flags & device.LOW_PRECISION_FLAGS[dtype])
 
 
 def test_thread_count_round_trips_and_rejects_nonsense():
