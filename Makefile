@@ -14,6 +14,10 @@ PORT ?= 8888
 M ?=
 WORKERS ?= 2
 CELL_TIMEOUT ?= 90
+# Tests run WORKERS processes at once: give each torch an equal share of the cores,
+# or two 2-thread torch processes on 2 cores slow each other down many times over.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+TEST_THREADS := $(shell w=$(WORKERS); [ "$$w" -ge 1 ] 2>/dev/null || w=1; t=$$(( $(NPROC) / w )); echo $$(( t > 0 ? t : 1 )))
 NOTEBOOK_DIRS := $(if $(M),$(wildcard modules/$(M)_*),modules notebooks)
 
 export PYTHONHASHSEED := 0
@@ -47,10 +51,10 @@ test: $(STAMP) ## unit tests, then every notebook under nbval
 	$(MAKE) --no-print-directory test-notebooks
 
 test-unit: $(STAMP) ## unit tests of common and the repo's conventions
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
 
 test-notebooks: $(STAMP) ## execute notebooks under nbval (M=03 for one module)
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOK_DIRS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOK_DIRS)
 
 html: $(STAMP) ## execute every notebook to HTML under build/ (M=03 for one module)
 	@mkdir -p build

@@ -153,6 +153,13 @@ def test_codec_rejects_empty_and_non_sequence_batches():
         CODEC.encode("not a batch")
 
 
+def test_codec_takes_a_2d_array_batch_like_a_list():
+    x = np.random.default_rng(0).standard_normal((3, 16))
+    np.testing.assert_array_equal(CODEC.encode(x)["features"], CODEC.encode(x.tolist())["features"])
+    with pytest.raises(TypeError, match=r"2-D array \(batch, 16\), got shape \(16,\)"):
+        CODEC.encode(x[0])
+
+
 def test_codec_decodes_probabilities():
     logits = np.array([[0.0, 0.0, 0.0, 10.0], [5.0, 0.0, 0.0, 0.0]], np.float32)
     preds = CODEC.decode({"logits": logits})

@@ -47,9 +47,11 @@ class ClassificationCodec(Generic[Req]):
     input_name: str = "features"
     output_name: str = "logits"
 
-    def encode(self, requests: Sequence[Sequence[float]]) -> dict[str, np.ndarray]:
-        if isinstance(requests, str | bytes) or not isinstance(requests, Sequence):
+    def encode(self, requests: Sequence[Sequence[float]] | np.ndarray) -> dict[str, np.ndarray]:
+        if isinstance(requests, str | bytes) or not isinstance(requests, Sequence | np.ndarray):
             raise TypeError(f"expected a sequence of feature vectors, got {type(requests).__name__}")
+        if isinstance(requests, np.ndarray) and requests.ndim != 2:
+            raise TypeError(f"expected a 2-D array (batch, {self.features}), got shape {requests.shape}")
         if len(requests) == 0:
             raise ValueError("expected at least one request, got an empty batch")
         batch = np.empty((len(requests), self.features), dtype=np.float32)
