@@ -77,7 +77,7 @@ format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff format .
 
 strip: $(STAMP) ## clear outputs and execution counts from every notebook
-	$(BIN)/nbstripout $$(git ls-files "*.ipynb")
+	$(BIN)/nbstripout --keep-id $$(git ls-files "*.ipynb")
 
 lock: ## re-resolve every dependency into $(CONSTRAINTS) (needs the registries)
 	rm -rf build/lock-venv
