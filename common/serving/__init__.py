@@ -1,0 +1,1 @@
+"""`common.serving`: an async inference server with dynamic batching, back-pressure and metrics."""
