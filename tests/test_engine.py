@@ -277,3 +277,22 @@ def test_cache_key_distinguishes_shape_and_dtype():
     c = {"features": np.zeros((2, 4), np.float64)}
     keys = {CachedRuntime._key(v) for v in (a, b, c)}
     assert len(keys) == 3
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_runs_on_the_cpu_close_to_fp32(precision):
+    x = MODEL.example_inputs(batch=8)
+    ref = create_runtime("torch-eager", MODEL, device="cpu").run(x)["logits"]
+    out = create_runtime("torch-eager", MODEL, device="cpu", precision=precision).run(x)["logits"]
+    assert out.dtype == np.float32, "outputs leave in float32 whatever the compute precision"
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max() + 1e-3
+    assert not np.array_equal(out, ref), f"{precision} should not be bit-identical to fp32"
+
+
+def test_precision_that_cannot_run_here_is_refused():
+    with pytest.raises(
+        ValueError, match=r"unknown precision 'fp8': expected one of \['fp32', 'bf16', 'fp16', 'int8'\]"
+    ):
+        create_runtime("torch-eager", MODEL, device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="'fp16' needs a GPU"):
+        create_runtime("torch-eager", MODEL, device="cpu", precision="fp16")

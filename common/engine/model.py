@@ -49,6 +49,8 @@ class Model:
     factory: Callable[[], torch.nn.Module]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # Realistic warm-up inputs where random values would be wrong (token ids, masks): (batch, seed) -> inputs
+    examples: Callable[[int, int], dict[str, np.ndarray]] | None = None
 
     def build(self) -> torch.nn.Module:
         """A fresh module in eval mode (dropout off, batch-norm frozen)."""
@@ -75,6 +77,8 @@ class Model:
 
     def example_inputs(self, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
         """Random inputs of the right shape and dtype: for warm-up, tests and export."""
+        if self.examples is not None:
+            return self.examples(batch, seed)
         rng = np.random.default_rng(seed)
         out = {}
         for spec in self.inputs:

