@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab test test-unit test-notebooks html bench lint format strip clean lock
+.PHONY: help setup lab serve test test-unit test-notebooks html bench perf-gate lint format strip clean lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ setup: $(STAMP) ## create .venv, install the course and register its Jupyter ker
 lab: $(STAMP) ## start JupyterLab on the course (PORT=8888); prints the URL
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=$(CURDIR) \
 		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/00_start_here.ipynb
+
+serve: $(STAMP) ## the embeddings server on the packaged MiniLM (flags: HPAI_* variables, see --help)
+	$(BIN)/python -m common.serving
 
 test: $(STAMP) ## unit tests, then every notebook under nbval
 	$(MAKE) --no-print-directory test-unit
@@ -67,6 +70,9 @@ html: $(STAMP) ## execute every notebook to HTML under build/ (M=03 for one modu
 
 bench: $(STAMP) ## run the side-by-side benchmarks; results and plots in benchmarks/results/
 	$(BIN)/python -m benchmarks
+
+perf-gate: $(STAMP) ## fail when batched/unbatched server throughput drops under 2x
+	$(BIN)/python -m benchmarks.perf_gate
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

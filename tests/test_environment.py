@@ -70,7 +70,8 @@ def test_ci_runs_make_test_and_nothing_a_fresh_clone_lacks():
 
 def test_make_help_lists_every_target():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for target in ("lab", "test", "test-unit", "test-notebooks", "html", "bench", "lint", "format", "strip", "clean"):
+    targets = ("lab", "serve", "test", "test-unit", "test-notebooks", "html", "bench", "perf-gate", "lint", "format")
+    for target in (*targets, "strip", "clean"):
         assert f"make {target} " in out, target
 
 
