@@ -137,3 +137,18 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("HPAI_PRECISION", "fp9")
     with pytest.raises(ValueError, match="precision must be one of"):
         ServingSettings()
+
+
+def test_cli_lists_every_setting_and_rejects_bad_values():
+    import subprocess
+    import sys
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "common.serving", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--max-batch-size", "--max-queue-delay-ms", "--max-queue-size", "--precision", "--port"):
+        assert flag in help_text, flag
+    bad = subprocess.run(
+        [sys.executable, "-m", "common.serving", "--max-batch-size", "0"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "max_batch_size" in bad.stderr and "greater than or equal to 1" in bad.stderr

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        limit_concurrency=settings.limit_concurrency,  # protects the event loop itself when the queue cannot
         access_log=False,  # per-request lines cost throughput; /metrics counts every request instead
     )
 

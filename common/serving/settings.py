@@ -24,7 +24,7 @@ class ServingSettings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: str = Field("fp32", description=f"one of {', '.join(PRECISIONS)}")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
-    model_copies: int = Field(1, ge=1, description="batches computed at once (one model copy each)")
+    model_copies: int = Field(1, ge=1, description="batches computed at once on the engine's threads (sharing one model)")
     max_batch_size: int = Field(32, ge=1, description="inputs per batch at most")
     max_queue_delay_ms: float = Field(5.0, ge=0, description="longest the oldest request waits for a batch to fill")
     max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per batch at most")
@@ -32,6 +32,9 @@ class ServingSettings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="deadline in the queue; later answers 504")
     max_inputs_per_request: int = Field(256, ge=1, description="inputs in one request at most (413 beyond)")
     max_tokens: int = Field(MINILM_MAX_TOKENS, ge=2, description="tokens per input at most (413 beyond)")
+    limit_concurrency: int | None = Field(
+        None, ge=1, description="connections+requests uvicorn serves at once; beyond it answers 503 without parsing"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
