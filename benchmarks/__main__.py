@@ -10,7 +10,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-BENCHMARKS = ("ceilings", "engine")
+BENCHMARKS = ("ceilings", "engine", "serving")
 
 
 def main(argv: list[str] | None = None) -> None:

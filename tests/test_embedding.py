@@ -60,5 +60,5 @@ def test_tokenizer_refuses_what_the_model_cannot_take(codec):
 
 
 def test_a_folder_without_a_model_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
         sentence_encoder(tmp_path)
