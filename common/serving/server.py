@@ -43,7 +43,17 @@ def server_process(*, threads: int | None = None, log_level: str = "warning", **
     loopback port with those settings (as CLI flags), waits until it is ready, yields its URL,
     and stops it on exit."""
     port = free_port()
-    args = [sys.executable, "-m", "common.serving", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
+    args = [
+        sys.executable,
+        "-m",
+        "common.serving",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
     if threads is not None:
         args += ["--threads", str(threads)]
     for key, value in settings.items():

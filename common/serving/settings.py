@@ -24,7 +24,9 @@ class ServingSettings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: str = Field("fp32", description=f"one of {', '.join(PRECISIONS)}")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
-    model_copies: int = Field(1, ge=1, description="batches computed at once on the engine's threads (sharing one model)")
+    model_copies: int = Field(
+        1, ge=1, description="batches computed at once on the engine's threads (sharing one model)"
+    )
     max_batch_size: int = Field(32, ge=1, description="inputs per batch at most")
     max_queue_delay_ms: float = Field(5.0, ge=0, description="longest the oldest request waits for a batch to fill")
     max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per batch at most")
