@@ -49,9 +49,10 @@ lab: $(STAMP) ## start JupyterLab on the course (PORT=8888); prints the URL
 serve: $(STAMP) ## the embeddings server on the packaged MiniLM (flags: HPAI_* variables, see --help)
 	$(BIN)/python -m common.serving
 
-test: $(STAMP) ## unit tests, then every notebook under nbval
+test: $(STAMP) ## unit tests, every notebook under nbval, then the serving performance gate
 	$(MAKE) --no-print-directory test-unit
 	$(MAKE) --no-print-directory test-notebooks
+	$(MAKE) --no-print-directory perf-gate
 
 test-unit: $(STAMP) ## unit tests of common and the repo's conventions
 	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests

@@ -1,0 +1,509 @@
+"""What serving costs and what dynamic batching buys, embedding single texts with all-MiniLM-L6-v2.
+
+Four ways to run the same model on the same machine, in one run:
+(a) our server (`common.serving`) with `max_batch_size=1`; (b) our server batched
+(32 rows, 5 ms); (c) LitServe with the same batch settings and LitServe's own
+OpenAI embeddings spec (`benchmarks/litserve_app.py`); (d) the offline ceiling,
+`Engine.infer` on batches of 32 in this process, with no HTTP at all.
+
+Every server runs in child processes with the same torch threads (all cores,
+checked); the load generator runs here. Per server: embeddings/s at saturation
+(closed loop, 64 callers, single-text requests of 12 words) and p99 latency at
+one open-loop rate below saturation (half the unbatched server's saturation
+throughput, the same rate for every server). The course's claims are printed as
+ratios, never asserted: a missed target shows in the numbers.
+
+Fairness on a noisy machine: all servers are up at once but only the one under
+load runs (the others are paused with SIGSTOP: an idle LitServe polls its queues),
+and the measurements alternate in rounds (a, b, c, then b, c, a, ...) so drift
+hits every server alike, as `common.bench.compare` does for functions.
+
+The 64 callers are spread over 8 HTTP clients of 8 connections: one httpx client
+with 64 connections spends O(connections x requests) per request in httpcore's
+pool (encode/httpx#3215) and tops out near 130 requests/s on a 2-core machine, so
+it would measure itself instead of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from common import bench
+from common.device import set_thread_count
+from common.engine import build_engine
+from common.engine.embedding import MINILM_NAME, EmbeddingCodec, sentence_encoder
+from common.serving.loadgen import LoadReport, make_texts, run_closed_loop, run_open_loop
+from common.serving.server import server_process
+
+MAX_BATCH = 32
+DELAY_MS = 5.0
+CONCURRENCY = 64
+CALLERS_PER_CLIENT = 8
+WORDS = 12
+OPEN_FRACTION = 0.5  # of the unbatched server's saturation throughput
+
+SERVERS = ("ours, unbatched", "ours, batched", "LitServe, batched")
+CEILING = "offline ceiling"
+TARGETS = (  # (name, numerator, denominator, at least): ratios of saturation throughput
+    ("batched / unbatched", "ours, batched", "ours, unbatched", 3.0),
+    ("batched / offline ceiling", "ours, batched", CEILING, 0.8),
+    ("batched / LitServe", "ours, batched", "LitServe, batched", 1.0),
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    warmup_s: float  # closed loop per server before anything is measured
+    rounds: int  # each round loads every server once, in a rotated order
+    closed_s: float  # per server per round
+    open_s: float  # per server per round
+
+
+FULL = Plan(warmup_s=2.0, rounds=3, closed_s=3.0, open_s=3.0)
+QUICK = Plan(warmup_s=0.3, rounds=1, closed_s=1.0, open_s=1.0)
+
+
+# --- load ------------------------------------------------------------------------------------------
+
+
+async def closed_loop(url: str, concurrency: int, duration: float, seed: int = 0) -> LoadReport:
+    """`concurrency` closed-loop callers spread over clients of `CALLERS_PER_CLIENT` connections."""
+    sizes = [CALLERS_PER_CLIENT] * (concurrency // CALLERS_PER_CLIENT)
+    if concurrency % CALLERS_PER_CLIENT:
+        sizes.append(concurrency % CALLERS_PER_CLIENT)
+    parts = await asyncio.gather(
+        *(
+            run_closed_loop(url, n, duration, words=WORDS, seed=seed * 1000 + i, keep_latencies=True)
+            for i, n in enumerate(sizes)
+        )
+    )
+    return combine(parts, max(p.elapsed_s for p in parts), concurrency=concurrency)
+
+
+def combine(parts: list[LoadReport], elapsed: float, **overrides: Any) -> LoadReport:
+    """One report from runs side by side (`elapsed`: the longest) or one after another (the sum)."""
+    counts: Counter[str] = Counter()
+    for p in parts:
+        counts.update(p.counts)
+    latencies = [ms for p in parts for ms in p.latencies_ms or ()]
+    from_send = [ms for p in parts for ms in p.latencies_from_send_ms or ()]
+    headline = _percentiles(latencies)
+    return dataclasses.replace(
+        parts[0],
+        elapsed_s=elapsed,
+        requests=sum(p.requests for p in parts),
+        counts=dict(counts),
+        throughput_rps=sum(p.throughput_rps * p.elapsed_s for p in parts) / elapsed,
+        goodput_rps=sum(p.goodput_rps * p.elapsed_s for p in parts) / elapsed,
+        embeddings_per_s=sum(p.embeddings_per_s * p.elapsed_s for p in parts) / elapsed,
+        p50_ms=headline["p50"],
+        p95_ms=headline["p95"],
+        p99_ms=headline["p99"],
+        max_ms=headline["max"],
+        mean_ms=headline["mean"],
+        from_send_ms=_percentiles(from_send),
+        latencies_ms=latencies,
+        latencies_from_send_ms=from_send,
+        **overrides,
+    )
+
+
+def _percentiles(ms: list[float]) -> dict[str, float | None]:
+    if not ms:
+        return dict.fromkeys(("p50", "p95", "p99", "max", "mean"))
+    a = np.asarray(ms)
+    summary: dict[str, float | None] = {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)}
+    return summary | {"max": float(a.max()), "mean": float(a.mean())}
+
+
+# --- what the server and the machine did meanwhile ----------------------------------------------------
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Our server's /metrics as {name{labels}: value}; empty for a server without it (LitServe)."""
+    response = httpx.get(f"{url}/metrics", timeout=5.0, trust_env=False)
+    if response.status_code != 200:
+        return {}
+    values = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            values[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return values
+
+
+def server_stats(d: dict[str, float]) -> dict[str, float | None]:
+    """Means over a phase from the increase `d` of our counters and histograms."""
+
+    def mean(name: str, scale: float = 1.0, labels: str = "") -> float | None:
+        count = d.get(f"{name}_count{labels}", 0)
+        return d.get(f"{name}_sum{labels}", 0) / count * scale if count else None
+
+    return {
+        "mean_batch_size": mean("hpai_batch_size"),
+        "batches": d.get("hpai_batch_size_count"),
+        "server_mean_ms": mean("hpai_request_duration_seconds", 1e3, "{endpoint=/v1/embeddings}"),
+        "queue_mean_ms": mean("hpai_queue_duration_seconds", 1e3),
+        "compute_mean_ms": mean("hpai_compute_duration_seconds", 1e3),
+        "padded_tokens_per_batch": mean("hpai_batch_padded_tokens"),
+        "loop_lag_mean_ms": mean("hpai_event_loop_lag_seconds", 1e3),
+        "rejected": sum(v for k, v in d.items() if k.startswith("hpai_rejected_requests_total")),
+    }
+
+
+def _cpu_seconds(server: list[psutil.Process]) -> tuple[float, float, float, float]:
+    """(wall clock, CPU seconds of the server's processes, of this process, of the whole machine)."""
+    busy = psutil.cpu_times()
+    machine = sum(busy) - busy.idle - getattr(busy, "iowait", 0.0)
+    ours = sum(sum(p.cpu_times()[:2]) for p in server if p.is_running())
+    return time.perf_counter(), ours, sum(psutil.Process().cpu_times()[:2]), machine
+
+
+@dataclass
+class Phase:
+    """What one server did under one kind of load, summed over rounds."""
+
+    reports: list[LoadReport] = field(default_factory=list)
+    metrics: Counter[str] = field(default_factory=Counter)  # increase of /metrics counters
+    batch_sizes: list[int] = field(default_factory=list)  # LitServe's, from its worker's log
+    cpu: np.ndarray = field(default_factory=lambda: np.zeros(4))  # wall, server, client, machine seconds
+
+    def report(self) -> LoadReport:
+        return combine(self.reports, sum(r.elapsed_s for r in self.reports), duration_s=self.duration)
+
+    @property
+    def duration(self) -> float:
+        return sum(r.duration_s for r in self.reports)
+
+    def stats(self) -> dict[str, Any]:
+        wall, server, client, machine = self.cpu
+        stats = server_stats(self.metrics)
+        if self.batch_sizes:
+            stats["mean_batch_size"] = float(np.mean(self.batch_sizes))
+            stats["batches"] = len(self.batch_sizes)
+        return stats | {
+            "server_cpu_cores": server / wall,
+            "client_cpu_cores": client / wall,
+            "other_cpu_cores": max(0.0, (machine - server - client) / wall),
+        }
+
+
+# --- the servers ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    processes: list[psutil.Process]  # the server's process and every process it started
+    startup_s: float
+    batch_log: Path | None = None  # LitServe's worker log (thread count, batch sizes)
+    phases: dict[str, Phase] = field(default_factory=lambda: {k: Phase() for k in ("warmup", "closed", "open")})
+
+    def pause(self) -> None:
+        for p in self.processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.suspend()
+
+    def resume(self) -> None:
+        for p in self.processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.resume()
+
+    def batches(self) -> list[int]:
+        return _read_batch_log(self.batch_log)[1]
+
+    def measure(self, phase: str, load: Callable[[], LoadReport]) -> LoadReport:
+        """Run `load` with only this server running; add what it measured to `phase`."""
+        self.resume()
+        try:
+            time.sleep(0.1)  # the loop-lag watcher wakes late once after a pause: let that pass unmeasured
+            before, n0, cpu0 = scrape(self.url), len(self.batches()), _cpu_seconds(self.processes)
+            report = load()
+            cpu1, after, sizes = _cpu_seconds(self.processes), scrape(self.url), self.batches()
+        finally:
+            self.pause()
+        p = self.phases[phase]
+        p.reports.append(report)
+        p.metrics.update({k: v - before.get(k, 0.0) for k, v in after.items()})
+        p.batch_sizes += sizes[n0:]
+        p.cpu += np.subtract(cpu1, cpu0)
+        return report
+
+
+def _processes_of(url: str) -> list[psutil.Process]:
+    """The child of this process listening on `url`'s port, and every process it started."""
+    port = url.rsplit(":", 1)[1]
+    for child in psutil.Process().children():
+        cmd = child.cmdline()
+        if "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
+            return [child, *child.children(recursive=True)]
+    raise RuntimeError(f"no child process serves {url}")
+
+
+def _check_threads(processes: list[psutil.Process], threads: int) -> None:
+    """Every process of a server was started with OMP_NUM_THREADS=threads (torch's default)."""
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            got = p.environ().get("OMP_NUM_THREADS")
+            if got != str(threads):
+                raise RuntimeError(f"server process {p.pid} has OMP_NUM_THREADS={got}, expected {threads}")
+
+
+def _read_batch_log(path: Path | None) -> tuple[int | None, list[int]]:
+    """LitServe's worker log: its torch thread count and every batch size so far."""
+    if path is None or not path.exists():
+        return None, []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    threads = next((r["torch_threads"] for r in records if "torch_threads" in r), None)
+    return threads, [r["batch"] for r in records if "batch" in r]
+
+
+@contextlib.contextmanager
+def serve(name: str, threads: int, workdir: Path) -> Iterator[Server]:
+    """Start one server in child processes with `threads` torch threads (checked); stop it on exit."""
+    batch_log = None
+    if name == "ours, unbatched":
+        manager = server_process(threads=threads, max_batch_size=1)
+    elif name == "ours, batched":
+        manager = server_process(threads=threads, max_batch_size=MAX_BATCH, max_queue_delay_ms=DELAY_MS)
+    elif name == "LitServe, batched":
+        from benchmarks.litserve_app import litserve_process
+
+        batch_log = workdir / "litserve_batches.jsonl"
+        batch_log.unlink(missing_ok=True)
+        manager = litserve_process(
+            threads=threads, max_batch_size=MAX_BATCH, batch_timeout=DELAY_MS / 1e3, batch_log=batch_log
+        )
+    else:
+        raise ValueError(f"unknown server {name!r}: expected one of {SERVERS}")
+    started = time.perf_counter()
+    try:
+        with manager as url:
+            server = Server(name, url, _processes_of(url), time.perf_counter() - started, batch_log)
+            _check_threads(server.processes, threads)
+            if batch_log is not None and _read_batch_log(batch_log)[0] != threads:
+                raise RuntimeError(f"{name}: worker runs {_read_batch_log(batch_log)[0]} torch threads, not {threads}")
+            try:
+                yield server
+            finally:
+                server.resume()  # a paused process cannot shut down
+    finally:
+        if batch_log is not None:
+            batch_log.unlink(missing_ok=True)
+
+
+# --- the offline ceiling ------------------------------------------------------------------------------
+
+
+class OfflineCeiling:
+    """`Engine.infer` on batches of 32 tokenised texts in this process: no HTTP, no queue, no client."""
+
+    def __init__(self, threads: int):
+        set_thread_count(threads)
+        self.threads = threads
+        codec = EmbeddingCodec.from_folder()
+        texts = make_texts(MAX_BATCH * 32, WORDS, seed=0)  # what the first open-loop round sends
+        start = time.perf_counter()
+        ids = codec.tokenize(texts)
+        self.tokenize_us = (time.perf_counter() - start) / len(texts) * 1e6
+        self.tokens_per_text = float(np.mean([len(row) for row in ids]))
+        self.batches = [ids[i : i + MAX_BATCH] for i in range(0, len(ids), MAX_BATCH)]
+        self.engine = build_engine(sentence_encoder(), codec, device="cpu").start()
+        self.seconds: list[float] = []  # one per measured batch
+        self.cpu = np.zeros(4)  # wall, -, this process, machine: CPU seconds while measuring
+
+    def measure(self, duration: float) -> None:
+        """Run batches back to back for about `duration` seconds (at least two batches)."""
+        cpu0, start, done = _cpu_seconds([]), time.perf_counter(), 0
+        while time.perf_counter() - start < duration or done < 2:
+            batch = self.batches[len(self.seconds) % len(self.batches)]
+            t = time.perf_counter()
+            self.engine.infer(batch)
+            self.seconds.append(time.perf_counter() - t)
+            done += 1
+        self.cpu += np.subtract(_cpu_seconds([]), cpu0)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def row(self) -> dict[str, Any]:
+        t = bench.Timing(f"Engine.infer, batch {MAX_BATCH}", tuple(self.seconds))
+        return {
+            "name": CEILING,
+            "torch_threads": self.threads,
+            "throughput_emb_s": MAX_BATCH * len(self.seconds) / sum(self.seconds),  # a mean rate, as the servers'
+            "throughput_median_emb_s": MAX_BATCH / t.median,
+            "batch_timing": t.row(),
+            "tokenize_us_per_text": self.tokenize_us,
+            "mean_tokens_per_text": self.tokens_per_text,
+            "server_cpu_cores": self.cpu[2] / self.cpu[0],  # the engine runs in this process
+            "other_cpu_cores": max(0.0, (self.cpu[3] - self.cpu[2]) / self.cpu[0]),
+        }
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def _closed_load(url: str, seconds: float, seed: int) -> Callable[[], LoadReport]:
+    return lambda: asyncio.run(closed_loop(url, CONCURRENCY, seconds, seed))
+
+
+def _open_load(url: str, rate: float, seconds: float, seed: int) -> Callable[[], LoadReport]:
+    return lambda: asyncio.run(run_open_loop(url, rate, seconds, words=WORDS, seed=seed, keep_latencies=True))
+
+
+def _rotations(names: tuple[str, ...], rounds: int) -> Iterator[tuple[int, list[str]]]:
+    for r in range(rounds):
+        yield r, [names[(r + i) % len(names)] for i in range(len(names))]
+
+
+def _row(server: Server, threads: int) -> dict[str, Any]:
+    closed, opened = server.phases["closed"], server.phases["open"]
+    c, o = closed.report(), opened.report()
+    saturated, light = closed.stats(), opened.stats()
+    return {
+        "name": server.name,
+        "torch_threads": threads,
+        "startup_s": server.startup_s,
+        "throughput_emb_s": c.embeddings_per_s,
+        "throughput_per_round_emb_s": [r.embeddings_per_s for r in closed.reports],
+        "closed_p50_ms": c.p50_ms,
+        "closed_p99_ms": c.p99_ms,
+        "open_rate_rps": o.rate,
+        "p50_ms": o.p50_ms,
+        "p99_ms": o.p99_ms,
+        "mean_batch_size": saturated["mean_batch_size"],
+        "mean_batch_size_open": light["mean_batch_size"],
+        "server_cpu_cores": saturated["server_cpu_cores"],
+        "client_cpu_cores": saturated["client_cpu_cores"],
+        "other_cpu_cores": saturated["other_cpu_cores"],
+        "saturated": saturated,
+        "open": light,
+        "closed_report": c.to_dict(),
+        "open_report": o.to_dict(),
+    }
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_name = {r["name"]: r["throughput_emb_s"] for r in rows}
+    out = []
+    for name, num, den, at_least in TARGETS:
+        if by_name.get(num) and by_name.get(den):
+            value = by_name[num] / by_name[den]
+            out.append({"target": name, "ratio": value, "at_least": at_least, "met": value >= at_least})
+    return out
+
+
+def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
+    plan = QUICK if quick else FULL
+    threads = os.cpu_count() or 1
+    load_before = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        ceiling = OfflineCeiling(threads)
+        stack.callback(ceiling.close)
+        ceiling.measure(plan.warmup_s)
+        ceiling.seconds.clear()
+        ceiling.cpu[:] = 0
+        servers: dict[str, Server] = {}
+        for name in SERVERS:  # started one by one, each paused once warm so it cannot slow the others
+            servers[name] = server = stack.enter_context(serve(name, threads, out))
+            server.measure("warmup", _closed_load(server.url, plan.warmup_s, seed=99))
+        for r, order in _rotations((*SERVERS, CEILING), plan.rounds):
+            for name in order:
+                if name == CEILING:
+                    ceiling.measure(plan.closed_s)
+                else:
+                    servers[name].measure("closed", _closed_load(servers[name].url, plan.closed_s, seed=r))
+        rate = OPEN_FRACTION * servers[SERVERS[0]].phases["closed"].report().goodput_rps
+        for r, order in _rotations(SERVERS, plan.rounds):
+            for name in order:
+                servers[name].measure("open", _open_load(servers[name].url, rate, plan.open_s, seed=r))
+        rows = [_row(servers[name], threads) for name in SERVERS]
+    for row in rows:
+        print(
+            f"{row['name']:18s}: {row['throughput_emb_s']:7.1f} embeddings/s at saturation "
+            f"(mean batch {_fmt(row['mean_batch_size'])}), p99 {_fmt(row['p99_ms'])} ms at {rate:.1f} req/s; "
+            f"cpu cores: server {row['server_cpu_cores']:.2f}, load generator {row['client_cpu_cores']:.2f}, "
+            f"other processes {row['other_cpu_cores']:.2f}"
+        )
+    rows.append(ceiling.row())
+    c = rows[-1]
+    print(
+        f"{CEILING:18s}: {c['throughput_emb_s']:7.1f} embeddings/s (Engine.infer, batch {MAX_BATCH}, no HTTP); "
+        f"cpu cores: engine {c['server_cpu_cores']:.2f}, other processes {c['other_cpu_cores']:.2f}"
+    )
+    targets = ratios(rows)
+    for t in targets:
+        verdict = "met" if t["met"] else "MISSED"
+        print(f"target {t['target']:26s} {t['ratio']:5.2f}x (want >= {t['at_least']:g}x): {verdict}")
+    bench.save_results(
+        out / "serving.json",
+        rows,
+        benchmark="serving",
+        model=MINILM_NAME,
+        quick=quick,
+        plan=dataclasses.asdict(plan),
+        threads=threads,
+        concurrency=CONCURRENCY,
+        callers_per_client=CALLERS_PER_CLIENT,
+        words_per_text=WORDS,
+        max_batch_size=MAX_BATCH,
+        max_queue_delay_ms=DELAY_MS,
+        open_rate_rps=rate,
+        targets=targets,
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
+    )
+    plot(rows, rate, out / "serving.png", quick)
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def plot(rows: list[dict[str, Any]], rate: float, path: Path, quick: bool) -> None:
+    colours = {SERVERS[0]: "tab:gray", SERVERS[1]: "tab:blue", SERVERS[2]: "tab:orange", CEILING: "tab:green"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.2, 1]})
+    names = [r["name"] for r in rows]
+    values = [r["throughput_emb_s"] for r in rows]
+    left.barh(names, values, color=[colours[n] for n in names])
+    for i, r in enumerate(rows):
+        note = f" {r['throughput_emb_s']:.0f}"
+        if r.get("mean_batch_size") is not None:
+            note += f"  (mean batch {r['mean_batch_size']:.1f})"
+        left.text(r["throughput_emb_s"], i, note, va="center", fontsize=8)
+    left.invert_yaxis()
+    left.set_xlim(0, max(values) * 1.45)
+    left.set_xlabel(f"embeddings/s at saturation ({CONCURRENCY} closed-loop callers)")
+    served = [r for r in rows if r.get("p99_ms") is not None]
+    right.barh([r["name"] for r in served], [r["p99_ms"] for r in served], color=[colours[r["name"]] for r in served])
+    for i, r in enumerate(served):
+        right.text(r["p99_ms"], i, f" {r['p99_ms']:.0f} ms", va="center", fontsize=8)
+    right.invert_yaxis()
+    right.set_xlim(0, max([r["p99_ms"] for r in served], default=1.0) * 1.3)
+    right.set_xlabel(f"p99 latency (ms) at {rate:.1f} requests/s, open loop (Poisson)")
+    title = f"{MINILM_NAME}, one text per request, {rows[0]['torch_threads']} torch threads per server"
+    fig.suptitle(title + (" (quick: a smoke run, not a measurement)" if quick else ""), fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
