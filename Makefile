@@ -13,11 +13,14 @@ CONSTRAINTS := requirements/constraints.txt
 PORT ?= 8888
 M ?=
 WORKERS ?= 2
+# Notebooks measure the machine (servers under load, ceilings): two at once on 2 cores would measure
+# each other. They run one at a time, with all cores, and still fit the budget.
+NB_WORKERS ?= 1
 CELL_TIMEOUT ?= 90
 # Tests run WORKERS processes at once: give each torch an equal share of the cores,
 # or two 2-thread torch processes on 2 cores slow each other down many times over.
 NPROC := $(shell nproc 2>/dev/null || echo 2)
-TEST_THREADS := $(shell w=$(WORKERS); [ "$$w" -ge 1 ] 2>/dev/null || w=1; t=$$(( $(NPROC) / w )); echo $$(( t > 0 ? t : 1 )))
+threads_per = $(shell w=$(1); [ "$$w" -ge 1 ] 2>/dev/null || w=1; t=$$(( $(NPROC) / w )); echo $$(( t > 0 ? t : 1 )))
 NOTEBOOK_DIRS := $(if $(M),$(wildcard modules/$(M)_*),modules notebooks)
 
 export PYTHONHASHSEED := 0
@@ -30,7 +33,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
-	@echo "  variables: PORT=$(PORT) (lab), M=NN (test-notebooks, html: one module), WORKERS=$(WORKERS)"
+	@echo "  variables: PORT=$(PORT) (lab), M=NN (test-notebooks, html: one module), WORKERS=$(WORKERS) (unit tests), NB_WORKERS=$(NB_WORKERS)"
 
 # The stamp is older than a dependency file when that file changed: reinstall then, and only then.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -55,10 +58,10 @@ test: $(STAMP) ## unit tests, every notebook under nbval, then the serving perfo
 	$(MAKE) --no-print-directory perf-gate
 
 test-unit: $(STAMP) ## unit tests of common and the repo's conventions
-	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
+	OMP_NUM_THREADS=$(call threads_per,$(WORKERS)) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile tests
 
 test-notebooks: $(STAMP) ## execute notebooks under nbval (M=03 for one module)
-	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOK_DIRS)
+	OMP_NUM_THREADS=$(call threads_per,$(NB_WORKERS)) $(BIN)/python -m pytest -n $(NB_WORKERS) --dist loadfile --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOK_DIRS)
 
 html: $(STAMP) ## execute every notebook to HTML under build/ (M=03 for one module)
 	@mkdir -p build
