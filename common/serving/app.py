@@ -266,6 +266,10 @@ def create_app(settings: ServingSettings | None = None, *, engine: Engine | None
             why = f"model failed to load ({state.load_error})" if state.load_error else "model is still loading"
             return error(503, why, headers={"Retry-After": "1"})
         try:
+            state.batcher.admit()  # a full queue refuses before tokenising: a 429 must be cheap
+        except QueueFull as exc:
+            return error(429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+        try:
             ids = state.engine.codec.tokenize(texts)
         except InvalidRequest as exc:
             state.metrics.rejected("too_large" if "limit" in str(exc) else "invalid")

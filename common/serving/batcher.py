@@ -142,9 +142,7 @@ class DynamicBatcher(Generic[Item, Result]):
             raise BatcherClosed("the batcher is not running")
         if not items or len(items) != len(lengths):
             raise ValueError(f"need one length per item and at least one item, got {len(items)} and {len(lengths)}")
-        if len(self._pending) >= self.policy.max_queue_size:
-            self.observer.rejected("queue_full")
-            raise QueueFull(len(self._pending), self.retry_after_s())
+        self.admit()
         now = self._clock()
         pending = _Pending(items, max(lengths), now, now + timeout_s, asyncio.get_running_loop().create_future())
         self._pending.append(pending)
@@ -157,6 +155,13 @@ class DynamicBatcher(Generic[Item, Result]):
             if not pending.future.done():
                 pending.future.cancel()
             raise
+
+    def admit(self) -> None:
+        """Raise QueueFull now if a request would be refused: lets a server refuse before it
+        spends anything (tokenising) on a request it cannot queue."""
+        if len(self._pending) >= self.policy.max_queue_size:
+            self.observer.rejected("queue_full")
+            raise QueueFull(len(self._pending), self.retry_after_s())
 
     def retry_after_s(self) -> float:
         """Seconds until the queue has likely drained by one batch's worth: what a client should wait."""
