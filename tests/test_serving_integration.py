@@ -20,11 +20,14 @@ from common.serving.settings import ServingSettings
 def test_overload_every_request_gets_exactly_one_answer_and_none_is_lost():
     """Far above capacity, with a small queue and a short deadline: 200, 429 or 504, nothing else."""
     with server_process(threads=1, max_batch_size=16, max_queue_size=16, request_timeout_s=0.25) as url:
-        report = run_load(url, rate=100, duration=3, seed=1, timeout=30, progress=False)
+        # 8 texts a request at 100 requests/s: 800 texts/s, several times what one torch thread embeds,
+        # while the client's own request rate stays low enough not to measure the client
+        report = run_load(url, rate=100, duration=3, inputs_per_request=8, seed=1, timeout=30, progress=False)
         metrics = httpx.get(f"{url}/metrics").text
     assert sum(report.counts.values()) == report.requests == pytest.approx(300, rel=0.25)
     assert set(report.counts) <= {"200", "429", "504"}, report.counts
-    assert report.counts.get("200", 0) > 0 and report.counts.get("429", 0) > 0, report.counts
+    assert report.counts.get("200", 0) > 0, report.counts
+    assert report.counts.get("429", 0) + report.counts.get("504", 0) > 0, f"not above capacity: {report.counts}"
     answered = sum(
         float(line.split()[-1])
         for line in metrics.splitlines()
