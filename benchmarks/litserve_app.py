@@ -57,8 +57,8 @@ class MiniLMAPI(ls.LitAPI):
         self.model = sentence_encoder().build().eval()
         self._log = open(self.batch_log, "a", buffering=1) if self.batch_log else None  # noqa: SIM115 (lives with the worker)
         self._write({"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "device": str(device)})
-        for n in (2, 2):  # warm-up, as `Engine.start` does for ours
-            self._embed(["a short warm-up text"] * n)
+        for _ in range(2):  # warm-up, as `Engine.start` does for ours
+            self._embed(["a short warm-up text"] * 2)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         inputs = self.codec.encode(self.codec.tokenize(texts))

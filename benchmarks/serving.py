@@ -184,7 +184,7 @@ class Phase:
 
     reports: list[LoadReport] = field(default_factory=list)
     metrics: Counter[str] = field(default_factory=Counter)  # increase of /metrics counters
-    batch_sizes: list[int] = field(default_factory=list)  # LitServe's, from its worker's log
+    batches: list[dict[str, float]] = field(default_factory=list)  # LitServe's worker log: size, ms
     cpu: np.ndarray = field(default_factory=lambda: np.zeros(4))  # wall, server, client, machine seconds
 
     def report(self) -> LoadReport:
@@ -197,9 +197,10 @@ class Phase:
     def stats(self) -> dict[str, Any]:
         wall, server, client, machine = self.cpu
         stats = server_stats(self.metrics)
-        if self.batch_sizes:
-            stats["mean_batch_size"] = float(np.mean(self.batch_sizes))
-            stats["batches"] = len(self.batch_sizes)
+        if self.batches:  # LitServe has no /metrics: its worker logs every batch instead
+            stats["mean_batch_size"] = float(np.mean([b["batch"] for b in self.batches]))
+            stats["batches"] = len(self.batches)
+            stats["compute_mean_ms"] = float(np.mean([b["ms"] for b in self.batches]))
         return stats | {
             "server_cpu_cores": server / wall,
             "client_cpu_cores": client / wall,
@@ -229,7 +230,7 @@ class Server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.resume()
 
-    def batches(self) -> list[int]:
+    def batches(self) -> list[dict[str, float]]:
         return _read_batch_log(self.batch_log)[1]
 
     def measure(self, phase: str, load: Callable[[], LoadReport]) -> LoadReport:
@@ -239,13 +240,13 @@ class Server:
             time.sleep(0.1)  # the loop-lag watcher wakes late once after a pause: let that pass unmeasured
             before, n0, cpu0 = scrape(self.url), len(self.batches()), _cpu_seconds(self.processes)
             report = load()
-            cpu1, after, sizes = _cpu_seconds(self.processes), scrape(self.url), self.batches()
+            cpu1, after, batches = _cpu_seconds(self.processes), scrape(self.url), self.batches()
         finally:
             self.pause()
         p = self.phases[phase]
         p.reports.append(report)
         p.metrics.update({k: v - before.get(k, 0.0) for k, v in after.items()})
-        p.batch_sizes += sizes[n0:]
+        p.batches += batches[n0:]
         p.cpu += np.subtract(cpu1, cpu0)
         return report
 
@@ -269,13 +270,13 @@ def _check_threads(processes: list[psutil.Process], threads: int) -> None:
                 raise RuntimeError(f"server process {p.pid} has OMP_NUM_THREADS={got}, expected {threads}")
 
 
-def _read_batch_log(path: Path | None) -> tuple[int | None, list[int]]:
-    """LitServe's worker log: its torch thread count and every batch size so far."""
+def _read_batch_log(path: Path | None) -> tuple[int | None, list[dict[str, float]]]:
+    """LitServe's worker log: its torch thread count, and every batch so far (size and compute ms)."""
     if path is None or not path.exists():
         return None, []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     threads = next((r["torch_threads"] for r in records if "torch_threads" in r), None)
-    return threads, [r["batch"] for r in records if "batch" in r]
+    return threads, [r for r in records if "batch" in r]
 
 
 @contextlib.contextmanager
@@ -456,6 +457,8 @@ def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
     for t in targets:
         verdict = "met" if t["met"] else "MISSED"
         print(f"target {t['target']:26s} {t['ratio']:5.2f}x (want >= {t['at_least']:g}x): {verdict}")
+    diagnosis = _diagnosis(rows)
+    print(diagnosis)
     bench.save_results(
         out / "serving.json",
         rows,
@@ -471,11 +474,28 @@ def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
         max_queue_delay_ms=DELAY_MS,
         open_rate_rps=rate,
         targets=targets,
+        diagnosis=diagnosis,
         load_average_before=load_before,
         load_average_after=os.getloadavg(),
     )
     plot(rows, rate, out / "serving.png", quick)
     return rows
+
+
+def _diagnosis(rows: list[dict[str, Any]]) -> str:
+    """Where the batched server's time goes next to the offline ceiling: the numbers a miss is read from."""
+    by_name = {r["name"]: r for r in rows}
+    batched, ceiling = by_name[SERVERS[1]], by_name[CEILING]
+    s = batched["saturated"]
+    busy = (s["batches"] or 0) * (s["compute_mean_ms"] or 0) / 1e3 / batched["closed_report"]["elapsed_s"]
+    return (
+        f"batched server at saturation: mean batch {_fmt(s['mean_batch_size'])}, "
+        f"{_fmt(s['compute_mean_ms'])} ms per batch (offline: {ceiling['batch_timing']['median_ms']:.1f} ms), "
+        f"model busy {busy:.0%} of the time, queue wait {_fmt(s['queue_mean_ms'])} ms, "
+        f"event-loop lag {_fmt(s['loop_lag_mean_ms'])} ms; CPU cores: server {batched['server_cpu_cores']:.2f}, "
+        f"load generator {batched['client_cpu_cores']:.2f}, other processes {batched['other_cpu_cores']:.2f} "
+        f"(offline engine {ceiling['server_cpu_cores']:.2f})"
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -484,7 +504,9 @@ def _fmt(x: float | None) -> str:
 
 def plot(rows: list[dict[str, Any]], rate: float, path: Path, quick: bool) -> None:
     colours = {SERVERS[0]: "tab:gray", SERVERS[1]: "tab:blue", SERVERS[2]: "tab:orange", CEILING: "tab:green"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.2, 1]})
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(11.5, 3.6), gridspec_kw={"width_ratios": [1.2, 1]}, layout="constrained"
+    )
     names = [r["name"] for r in rows]
     values = [r["throughput_emb_s"] for r in rows]
     left.barh(names, values, color=[colours[n] for n in names])
@@ -493,6 +515,10 @@ def plot(rows: list[dict[str, Any]], rate: float, path: Path, quick: bool) -> No
         if r.get("mean_batch_size") is not None:
             note += f"  (mean batch {r['mean_batch_size']:.1f})"
         left.text(r["throughput_emb_s"], i, note, va="center", fontsize=8)
+    ceiling = next((r["throughput_emb_s"] for r in rows if r["name"] == CEILING), None)
+    if ceiling:
+        left.axvline(0.8 * ceiling, color="tab:green", ls=":", lw=1)
+        left.text(0.8 * ceiling, len(rows) - 0.45, " 0.8 x ceiling", color="tab:green", fontsize=7, va="bottom")
     left.invert_yaxis()
     left.set_xlim(0, max(values) * 1.45)
     left.set_xlabel(f"embeddings/s at saturation ({CONCURRENCY} closed-loop callers)")
