@@ -73,6 +73,11 @@ def error(status: int, message: str, param: str | None = None, headers: dict[str
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def too_busy(exc: QueueFull) -> JSONResponse:
+    """429 with the batcher's estimate of when the queue will have room."""
+    return error(429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+
+
 # --- the app -----------------------------------------------------------------
 
 
@@ -268,7 +273,7 @@ def create_app(settings: ServingSettings | None = None, *, engine: Engine | None
         try:
             state.batcher.admit()  # a full queue refuses before tokenising: a 429 must be cheap
         except QueueFull as exc:
-            return error(429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+            return too_busy(exc)
         try:
             ids = state.engine.codec.tokenize(texts)
         except InvalidRequest as exc:
@@ -293,7 +298,7 @@ def create_app(settings: ServingSettings | None = None, *, engine: Engine | None
         try:
             vectors = work.result()
         except QueueFull as exc:
-            return error(429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+            return too_busy(exc)
         except DeadlineExceeded as exc:
             return error(504, f"request not computed: {exc}")
         except BatcherClosed as exc:
