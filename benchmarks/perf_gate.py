@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serving import CONCURRENCY, DELAY_MS, MAX_BATCH, closed_loop
+from benchmarks.serving import CONCURRENCY, DELAY_MS, MAX_BATCH, WORDS
 from common import bench
 from common.engine.embedding import MINILM_NAME
+from common.serving.loadgen import run_closed_loop
 from common.serving.server import server_process
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "perf_gate.json"
@@ -38,12 +39,12 @@ def measure(duration: float, rounds: int, concurrency: int, threads: int) -> lis
         server_process(threads=threads, max_batch_size=MAX_BATCH, max_queue_delay_ms=DELAY_MS) as batched,
     ):
         for url in (unbatched, batched):  # warm-up: first requests pay for lazy allocations
-            asyncio.run(closed_loop(url, concurrency, 1.0, seed=100))
+            asyncio.run(run_closed_loop(url, concurrency, 1.0, words=WORDS, seed=100))
         for i in range(rounds):
             order = [("unbatched", unbatched), ("batched", batched)]
             row: dict[str, Any] = {"round": i}
             for name, url in order if i % 2 == 0 else order[::-1]:
-                report = asyncio.run(closed_loop(url, concurrency, duration, seed=i))
+                report = asyncio.run(run_closed_loop(url, concurrency, duration, words=WORDS, seed=i))
                 failed = report.requests - report.counts.get("200", 0)
                 row[f"{name}_emb_s"] = report.embeddings_per_s
                 row[f"{name}_failed"] = failed

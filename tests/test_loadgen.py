@@ -324,6 +324,29 @@ def test_latency_counts_from_the_scheduled_time_not_the_actual_send(stub):
     assert report.p99_ms > 200 and report.from_send_ms["p99"] < report.p99_ms
 
 
+def test_requests_fill_one_small_client_before_the_next_is_made(stub):
+    """One big httpx pool costs O(connections x waiting) per request (encode/httpx#3215): keep pools small."""
+    stub.delay = 0.2
+    per = loadgen.CONNECTIONS_PER_CLIENT
+    body = {"input": "a text", "model": "m"}
+
+    async def go() -> tuple[int, int, int]:
+        clients = loadgen._Clients(3 * per, timeout=5.0)
+        try:
+            await clients.post(f"{stub.url}/v1/embeddings", body)  # light load: one client
+            light = len(clients._clients)
+            await asyncio.gather(*(clients.post(f"{stub.url}/v1/embeddings", body) for _ in range(per + 1)))
+            made = len(clients._clients)
+            await asyncio.gather(*(clients.post(f"{stub.url}/v1/embeddings", body) for _ in range(5 * per)))
+            return light, made, len(clients._clients)
+        finally:
+            await clients.aclose()
+
+    light, made, most = asyncio.run(go())
+    assert (light, made, most) == (1, 2, 3)  # never more clients than connections / per
+    assert stub.max_in_flight <= 3 * per
+
+
 # --- closed loop ---------------------------------------------------------------------------------------
 
 
