@@ -12,10 +12,12 @@ from common.device import cuda_available
 
 HAS_CUDA = cuda_available()
 
-# Numba reads this when it is first imported: without a GPU, CUDA kernels run on
-# its simulator, so they are still tested here.
+# Numba and Triton read these when they are first imported: without a GPU, CUDA
+# kernels run on Numba's simulator and Triton kernels on Triton's interpreter, so
+# they are still tested here.
 if not HAS_CUDA:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SOFTHSM_PATHS = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 
