@@ -1,0 +1,66 @@
+"""How much work an op must do: the bytes it cannot avoid moving and the FLOPs it must compute.
+
+A kernel's achieved bandwidth is `min_bytes / time`: the traffic of reading each
+input once and writing the output once. Memory-bound ops (softmax, layernorm,
+GELU) are judged against the machine's copy bandwidth, compute-bound ones
+(matmul, attention at long sequences) against its matmul FLOP/s
+(`common.bench.machine_ceilings`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MEMORY_BOUND = ("softmax", "layernorm", "gelu", "bias_gelu")
+
+# Nominal FLOPs per element of the memory-bound ops, counting exp, erf and a division as one each:
+# enough to place them on a roofline (at about 1 FLOP per byte, far left of the ridge), not a census.
+FLOPS_PER_ELEMENT = {"softmax": 5, "layernorm": 8, "gelu": 8, "bias_gelu": 9}
+
+
+def _nbytes(x: Any) -> int:
+    return int(np.prod(tuple(x.shape))) * x.element_size() if hasattr(x, "element_size") else int(x.nbytes)
+
+
+def min_bytes(op: str, *arrays: Any) -> int:
+    """Bytes read (every input once) plus bytes written (the output once)."""
+    if op in ("softmax", "layernorm", "gelu", "bias_gelu"):
+        return sum(_nbytes(a) for a in arrays) + _nbytes(arrays[0])
+    if op == "matmul":
+        a, b = arrays
+        item = _nbytes(a) // max(1, int(np.prod(tuple(a.shape))))
+        return _nbytes(a) + _nbytes(b) + a.shape[0] * b.shape[1] * item
+    if op == "attention":
+        q, k, v = arrays
+        return _nbytes(q) + _nbytes(k) + _nbytes(v) + _nbytes(q) // q.shape[-1] * v.shape[-1]
+    raise ValueError(f"unknown op {op!r}")
+
+
+def flops(op: str, *arrays: Any, causal: bool = False) -> float:
+    """Multiply-adds count as two FLOPs; a causal mask halves attention's work."""
+    if op in FLOPS_PER_ELEMENT:
+        return float(FLOPS_PER_ELEMENT[op] * np.prod(tuple(arrays[0].shape)))
+    if op == "matmul":
+        a, b = arrays
+        return 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+    if op == "attention":
+        q, k, v = arrays
+        heads = float(np.prod(tuple(q.shape[:-2])))
+        work = 2.0 * heads * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        return work / 2 if causal else work
+    raise ValueError(f"unknown op {op!r}")
+
+
+def achieved_gbs(op: str, seconds: float, *arrays: Any) -> float:
+    return min_bytes(op, *arrays) / seconds / 1e9
+
+
+def achieved_gflops(op: str, seconds: float, *arrays: Any, causal: bool = False) -> float:
+    return flops(op, *arrays, causal=causal) / seconds / 1e9
+
+
+def intensity(op: str, *arrays: Any, causal: bool = False) -> float:
+    """FLOPs per byte moved at the minimum traffic: left of the ridge means memory-bound."""
+    return flops(op, *arrays, causal=causal) / min_bytes(op, *arrays)
