@@ -1,0 +1,277 @@
+"""The CPU backends from the inside: parallel loops, the on-disk cache, SIMD, the vector math, the C++ extension."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit, types
+
+from common import bench
+from common.kernels import numba_cpu, reference, simd, simd_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+F32 = types.Array(types.float32, 1, "C")
+F64 = types.Array(types.float64, 1, "C")
+KERNELS = [
+    numba_cpu._softmax_kernel,
+    numba_cpu._layernorm_kernel,
+    numba_cpu._gelu_kernel,
+    numba_cpu._bias_gelu_kernel,
+    numba_cpu._matmul_kernel,
+]
+
+
+# --- parallel and cached -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+def test_kernels_are_parallel_and_cached(kernel) -> None:
+    assert kernel.targetoptions.get("parallel") is True, f"{kernel.__name__} is not @njit(parallel=True)"
+    assert kernel._cache.__class__.__name__ == "FunctionCache", f"{kernel.__name__} is not @njit(cache=True)"
+
+
+def test_prange_became_a_parallel_loop() -> None:
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    numba_cpu.softmax(x)
+    assert simd.parallel_loops(numba_cpu._softmax_kernel) == 1
+    simd_examples.total(x[0])
+    assert simd.parallel_loops(simd_examples.total) == 0
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    import numba
+
+    x = np.random.default_rng(1).standard_normal((64, 129)).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal(129).astype(np.float32)
+    many = numba_cpu.softmax(x), numba_cpu.bias_gelu(x, b), numba_cpu.matmul(x, x.T.copy())
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one = numba_cpu.softmax(x), numba_cpu.bias_gelu(x, b), numba_cpu.matmul(x, x.T.copy())
+    finally:
+        numba.set_num_threads(before)
+    for a, b_ in zip(many, one, strict=True):
+        np.testing.assert_array_equal(a, b_)  # rows are split among threads, never a row's sum
+
+
+def test_a_second_process_loads_the_kernels_from_the_cache() -> None:
+    x, w = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)
+    numba_cpu.layernorm(x, w, w)  # compiled (or loaded) here, so the cache holds it now
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from common.kernels import numba_cpu
+        x, w = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)
+        numba_cpu.layernorm(x, w, w)
+        stats = numba_cpu._layernorm_kernel.stats
+        print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    hits, misses = map(int, run.stdout.split())
+    assert (hits, misses) == (1, 0), f"the second process compiled again: {run.stdout} {run.stderr[-500:]}"
+
+
+# --- SIMD ------------------------------------------------------------------------
+
+
+def _compiled_examples() -> None:
+    x = np.arange(1, 65, dtype=np.float32)
+    simd_examples.multiply_add(x, x, x, np.empty_like(x))
+    simd_examples.recurrence(x.copy(), np.float32(0.5), x)
+    simd_examples.total(x)
+    simd_examples.total_reassociated(x)
+
+
+def test_independent_iterations_vectorise() -> None:
+    _compiled_examples()
+    packed = simd.packed_simd_instructions(simd.assembly(simd_examples.multiply_add))
+    assert any(k.startswith(("vmulps", "vfmadd")) for k in packed), packed
+    assert simd.vector_lanes(simd.llvm_ir(simd_examples.multiply_add)) >= 4  # at least SSE's four float lanes
+
+
+def test_a_loop_carried_dependency_does_not() -> None:
+    _compiled_examples()
+    asm = simd.assembly(simd_examples.recurrence)
+    assert not simd.packed_simd_instructions(asm), simd.packed_simd_instructions(asm)
+    assert simd.scalar_float_instructions(asm), "the recurrence must still compute, one lane at a time"
+    assert simd.vector_lanes(simd.llvm_ir(simd_examples.recurrence)) == 1
+
+
+def test_a_float_sum_vectorises_only_when_it_may_reassociate() -> None:
+    _compiled_examples()
+    strict = simd.packed_simd_instructions(simd.assembly(simd_examples.total))
+    reordered = simd.packed_simd_instructions(simd.assembly(simd_examples.total_reassociated))
+    assert not strict, strict
+    assert any(k.startswith("vaddp") for k in reordered), reordered
+    x = np.random.default_rng(3).standard_normal(10_001)
+    assert simd_examples.total(x) == pytest.approx(simd_examples.total_reassociated(x), rel=1e-12)
+
+
+def test_instruction_counting_reads_att_syntax() -> None:
+    asm = "\tvfmadd231ps\t%zmm1, %zmm2, %zmm0\n\tvmulss\t%xmm1, %xmm2, %xmm0\n\tvmovups\t(%rax), %ymm0\n"
+    assert simd.packed_simd_instructions(asm) == {"vfmadd231ps zmm": 1}
+    assert simd.scalar_float_instructions(asm) == {"vmulss xmm": 1}
+    assert simd.llvm_vector_types("%a = fadd <8 x float> %b, %c\n<8 x float> <4 x double>") == {
+        "<8 x float>": 2,
+        "<4 x double>": 1,
+    }
+
+
+def test_inspecting_needs_one_signature_or_an_explicit_one() -> None:
+    @njit
+    def triple(x):
+        return x * 3.0
+
+    triple(1.0), triple(np.float32(1.0))
+    with pytest.raises(ValueError, match="pass signature="):
+        simd.assembly(triple)
+    assert "vmulsd xmm" in simd.scalar_float_instructions(simd.assembly(triple, (types.float64,)))
+
+
+@pytest.mark.parametrize(
+    ("helper", "signature"),
+    [
+        (numba_cpu._exp_shifted_sum, (F32, types.float32, F32)),
+        (numba_cpu._normalise, (F32, types.float64, types.float64, F32, F32, F32)),
+        (numba_cpu._gelu_span, (F32, F32, types.boolean)),
+        (numba_cpu._bias_gelu_span, (F32, F32, F32, types.boolean)),
+        (numba_cpu._axpy4, (F32, *[types.float32] * 4, *[F32] * 4)),
+    ],
+    ids=lambda h: getattr(h, "__name__", ""),
+)
+def test_the_row_loops_of_the_float32_kernels_are_simd(helper, signature) -> None:
+    """Guards what silently breaks vectorisation: a division's zero check, a negative-index check, a branch."""
+    packed = simd.packed_simd_instructions(simd.assembly(helper, signature))
+    assert any(k.endswith(("ymm", "zmm")) for k in packed), f"{helper.__name__}: {packed}"
+
+
+@njit
+def _row_max(x):  # pragma: no cover - compiled
+    return numba_cpu.row_max(x)
+
+
+def test_the_max_vectorises_as_integers() -> None:
+    ir = simd.llvm_ir(_row_max, (F32,))
+    assert simd.vector_lanes(ir, "i32") >= 8, simd.llvm_vector_types(ir)
+
+
+# --- the vector math -----------------------------------------------------------------
+
+
+@njit
+def _exp_all(x, out):  # pragma: no cover - compiled
+    for i in range(x.size):
+        out[i] = numba_cpu.exp32(x[i])
+
+
+@njit
+def _erf_all(x, out):  # pragma: no cover - compiled
+    for i in range(x.size):
+        out[i] = numba_cpu.erf32(x[i])
+
+
+def test_exp32_is_within_two_ulp_over_its_range() -> None:
+    x = np.linspace(-103.0, 88.7, 400_001, dtype=np.float32)
+    got = np.empty_like(x)
+    _exp_all(x, got)
+    want = np.exp(x.astype(np.float64))
+    normal = want > np.finfo(np.float32).tiny
+    ulp = np.spacing(want[normal].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got[normal] - want[normal]) / ulp) <= 2.0
+    assert np.all(np.abs(got[~normal] - want[~normal]) <= 2 * np.spacing(np.float32(0)))
+
+
+def test_exp32_and_erf32_special_values() -> None:
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 89.0, -200.0, 1e30, -1e30], dtype=np.float32)
+    e, f = np.empty_like(special), np.empty_like(special)
+    _exp_all(special, e)
+    _erf_all(special, f)
+    np.testing.assert_array_equal(e, [np.inf, 0.0, np.nan, 1.0, 1.0, np.inf, 0.0, np.inf, 0.0])
+    np.testing.assert_array_equal(f, [1.0, -1.0, np.nan, 0.0, 0.0, 1.0, -1.0, 1.0, -1.0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-12, 12, width=32, allow_subnormal=False), min_size=1, max_size=200))
+def test_erf32_error_is_absolute_far_from_zero_and_relative_near_it(values) -> None:
+    x = np.array(values, dtype=np.float32)
+    got = np.empty_like(x)
+    _erf_all(x, got)
+    want = reference._erf(x.astype(np.float64))
+    assert np.max(np.abs(got - want)) < 2e-7  # Abramowitz & Stegun's 1.5e-7, plus float32 rounding
+    near = np.abs(x) < 1
+    assert np.all(np.abs(got - want)[near] <= 2.5e-7 * np.abs(want[near]))  # no cancellation around 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(allow_nan=False, width=32), min_size=1, max_size=100),
+    st.sampled_from([np.float32, np.float64]),
+)
+def test_row_max_orders_like_floats(values, dtype) -> None:
+    x = np.array(values, dtype=dtype)
+    assert _row_max(x) == x.max()
+    with_nan = np.append(x, dtype(np.nan))
+    assert np.isnan(_row_max(with_nan))  # a nan wins, as in np.max
+
+
+def test_softmax_of_extreme_rows() -> None:
+    x = np.array(
+        [[1e4, -1e4, 0.0, 1e4], [-np.inf, 0.0, 1.0, -np.inf], [np.nan, 1.0, 2.0, 3.0], [-1e30, -1e30, -1e30, -1e30]],
+        dtype=np.float32,
+    )
+    got = numba_cpu.softmax(x)
+    want = reference.softmax(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.isnan(got[2]).all()
+
+
+def test_layernorm_keeps_its_precision_far_from_zero() -> None:
+    """|mean| / std = 1e4: a float32 mean subtracted in float32 would lose half the digits."""
+    rng = np.random.default_rng(4)
+    x = (1e4 + rng.standard_normal((8, 1000))).astype(np.float32)
+    w, b = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    got = numba_cpu.layernorm(x, w, b)
+    want = reference.layernorm(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+# --- the C++ extension -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cpp_extension_matches_the_reference_and_is_timed_against_numba() -> None:
+    """Building takes 20-60 s the first time; torch caches the build for the next run."""
+    from common.kernels import cpp_ext
+
+    cpp_ext.load()
+    rng = np.random.default_rng(5)
+    for shape in [(1, 1), (7, 33), (3, 5, 257)]:
+        x = torch.from_numpy((3 * rng.standard_normal(shape)).astype(np.float32))
+        bias = torch.from_numpy(rng.standard_normal(shape[-1]).astype(np.float32))
+        for approximate in ("none", "tanh"):
+            got = cpp_ext.bias_gelu_cpp(x, bias, approximate)
+            want = reference.bias_gelu(x.double().numpy(), bias.double().numpy(), approximate)
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="must be float32"):
+        cpp_ext.bias_gelu_cpp(x.double(), bias.double())
+    with pytest.raises(RuntimeError, match=r"bias must have shape \(n,\)"):
+        cpp_ext.bias_gelu_cpp(x, bias[:-1])
+    with pytest.raises(ValueError, match="approximate must be"):
+        cpp_ext.bias_gelu_cpp(x, bias, "erf")
+
+    x = torch.from_numpy(rng.standard_normal((256, 1024)).astype(np.float32))
+    bias = torch.from_numpy(rng.standard_normal(1024).astype(np.float32))
+    xn, bn = x.numpy(), bias.numpy()
+    c = bench.compare(
+        lambda: cpp_ext.bias_gelu_cpp(x, bias), lambda: numba_cpu.bias_gelu(xn, bn), names=("C++", "numba"), repeat=5
+    )
+    print(f"bias_gelu 256x1024 float32: numba is {c.speedup:.2f}x the C++ extension (information, not a claim)")
