@@ -10,7 +10,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-BENCHMARKS = ("ceilings", "engine", "serving")
+BENCHMARKS = ("ceilings", "engine", "kernels", "serving")
 
 
 def main(argv: list[str] | None = None) -> None:
