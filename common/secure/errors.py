@@ -54,3 +54,7 @@ class HSMError(SecureError):
 
 class AuthorizationError(SecureError):
     """A TLS peer whose identity is not allowed."""
+
+
+class TLSMaterialError(SecureError):
+    """A certificate, key or CA file that cannot be used: missing, malformed, not matching, or expired."""
