@@ -1,0 +1,268 @@
+"""A key-encryption key that never leaves a PKCS#11 token (an HSM; SoftHSM2 in development).
+
+The KEK is an AES-256 key generated *on* the token with CKA_EXTRACTABLE=False
+and CKA_SENSITIVE=True: no call, not even with the PIN, returns its value.
+Data keys are wrapped with AES key wrap (RFC 3394, CKM_AES_KEY_WRAP) through
+C_WrapKey: the data key is imported as a short-lived *session* object (never
+stored on the token), wrapped, destroyed. Why this mechanism, measured on
+SoftHSM 2.6.1: C_Encrypt refuses both key-wrap mechanisms; RSA-OAEP is SHA-1
+only; and its CKM_AES_KEY_WRAP_PAD matches RFC 5649 only for lengths that are
+a multiple of 8 (it zero-pads first, and unwrap returns the padding). So data
+keys must be whole 8-byte blocks (AES-256 data keys are 32 bytes), checked here
+rather than silently padded.
+
+PKCS#11 logs in once per application and token, and a session must not be used
+by two threads at once: an `HSMToken` owns one logged-in session behind a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+from common.secure.errors import HSMError, IntegrityError, KeyNotFound, KeysetError
+
+ALGORITHM = "AES-KW-256"  # AES-256 key wrap, RFC 3394, by a PKCS#11 token
+
+# What SoftHSM (and tokens generally) answer when wrapped bytes were not made by this key:
+# RFC 3394's integrity check fails inside the token, which reports it as one of these.
+_NOT_OURS = ("WrappedKeyInvalid", "WrappedKeyLenRange", "EncryptedDataInvalid", "EncryptedDataLenRange", "GeneralError")
+
+
+def _refuse_pickle(obj: object) -> NoReturn:
+    raise TypeError(f"{type(obj).__name__} refuses pickling: it is a live handle to an HSM session, not data")
+
+
+class HSMToken:
+    """One logged-in, read-write session on a token; shared by every `HSMKey` found or created on it.
+
+    Holds no PIN: the login is the session's state. Close it (or use `with`) to log out.
+    """
+
+    def __init__(self, library: str, label: str, session: Any):
+        self.library, self.label = library, label
+        self._session = session
+        self._lock = threading.Lock()
+
+    def run(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call `fn` with the session under the lock; a token failure becomes an HSMError naming `what`."""
+        import pkcs11
+
+        with self._lock:
+            if self._session is None:
+                raise HSMError(f"{what}: token {self.label!r} is closed")
+            try:
+                return fn(self._session, *args, **kwargs)
+            except pkcs11.PKCS11Error as exc:
+                raise HSMError(f"{what} on token {self.label!r} failed: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        """Log out and close the session (idempotent)."""
+        import pkcs11
+
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            # PKCS11Error: the library was finalised or the token removed, so nothing is left to close
+            with contextlib.suppress(pkcs11.PKCS11Error):
+                session.close()
+
+    def __enter__(self) -> HSMToken:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._session is None else "open"
+        return f"HSMToken(label={self.label!r}, library={self.library!r}, {state})"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        _refuse_pickle(self)
+
+
+class HSMKey:
+    """A KeyEncryptionKey whose AES-256 key lives on the token; `key_id` is its CKA_LABEL."""
+
+    algorithm = ALGORITHM
+
+    def __init__(self, token: HSMToken, key_id: str, handle: Any):
+        self.key_id = key_id
+        self.token = token
+        self._handle = handle
+
+    def wrap(self, data_key: bytes) -> bytes:
+        """The data key wrapped by the token (RFC 3394), so it can be stored beside its ciphertext."""
+        if not isinstance(data_key, bytes | bytearray) or len(data_key) < 16 or len(data_key) % 8:
+            size = len(data_key) if isinstance(data_key, bytes | bytearray) else type(data_key).__name__
+            raise ValueError(f"AES key wrap takes data keys of 16 bytes or more in whole 8-byte blocks, got {size}")
+        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+        def wrap(session: Any) -> bytes:
+            # A session object (CKA_TOKEN=False): it vanishes with the session even if destroy() is never reached.
+            temp = session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+                    Attribute.VALUE: bytes(data_key),
+                    Attribute.TOKEN: False,
+                    Attribute.EXTRACTABLE: True,
+                    Attribute.SENSITIVE: False,
+                }
+            )
+            try:
+                return bytes(self._handle.wrap_key(temp, mechanism=Mechanism.AES_KEY_WRAP))
+            finally:
+                temp.destroy()
+
+        return self.token.run(f"wrapping a data key with {self.key_id!r}", wrap)
+
+    def unwrap(self, wrapped: bytes) -> bytes:
+        """The data key back; IntegrityError if `wrapped` was not made by this key (RFC 3394's check fails)."""
+        import pkcs11
+        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+        def unwrap(session: Any) -> bytes:
+            try:
+                temp = self._handle.unwrap_key(
+                    ObjectClass.SECRET_KEY,
+                    KeyType.GENERIC_SECRET,
+                    bytes(wrapped),
+                    mechanism=Mechanism.AES_KEY_WRAP,
+                    template={Attribute.TOKEN: False, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False},
+                )
+            except pkcs11.PKCS11Error as exc:
+                if type(exc).__name__ in _NOT_OURS:
+                    raise IntegrityError(
+                        f"wrapped data key ({len(wrapped)} bytes) was not made by HSM key {self.key_id!r} "
+                        f"on token {self.token.label!r}: the token's key-wrap check failed"
+                    ) from None
+                raise
+            try:
+                return bytes(temp[Attribute.VALUE])
+            finally:
+                temp.destroy()
+
+        if not isinstance(wrapped, bytes | bytearray):
+            raise IntegrityError(f"wrapped data key must be bytes, got {type(wrapped).__name__}")
+        return self.token.run(f"unwrapping a data key with {self.key_id!r}", unwrap)
+
+    def __repr__(self) -> str:
+        return f"HSMKey(key_id={self.key_id!r}, algorithm={self.algorithm!r}, token={self.token.label!r})"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        _refuse_pickle(self)
+
+
+def open_token(library: str | Path, label: str, pin: str) -> HSMToken:
+    """Log in to the token labelled `label`; HSMError says which of library, token or PIN was wrong."""
+    import pkcs11
+
+    library = str(library)
+    try:
+        lib = pkcs11.lib(library)
+    except (pkcs11.PKCS11Error, OSError) as exc:
+        raise HSMError(f"cannot load the PKCS#11 library {library}: {exc}") from None
+    try:
+        token = lib.get_token(token_label=label)
+    except pkcs11.NoSuchToken:
+        labels = sorted(t.label for t in lib.get_tokens() if t.label)
+        hint = f" (SOFTHSM2_CONF={os.environ['SOFTHSM2_CONF']})" if "SOFTHSM2_CONF" in os.environ else ""
+        raise HSMError(f"no token labelled {label!r} in {library}{hint}; tokens present: {labels}") from None
+    except pkcs11.PKCS11Error as exc:
+        raise HSMError(f"cannot list the tokens of {library}: {type(exc).__name__}") from None
+    try:
+        session = token.open(rw=True, user_pin=pin)
+    except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
+        raise HSMError(f"token {label!r} rejected the PIN") from None
+    except pkcs11.PinLocked:
+        raise HSMError(f"token {label!r}: the user PIN is locked (too many wrong attempts)") from None
+    except pkcs11.UserAlreadyLoggedIn:
+        raise HSMError(
+            f"token {label!r} is already open in this process: PKCS#11 logs in once per application, "
+            "so share that HSMToken (or close it first)"
+        ) from None
+    except pkcs11.PKCS11Error as exc:
+        raise HSMError(f"cannot open a session on token {label!r}: {type(exc).__name__}") from None
+    return HSMToken(library, label, session)
+
+
+def _find(session: Any, key_id: str) -> list[Any]:
+    from pkcs11 import Attribute, ObjectClass
+
+    return list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: key_id}))
+
+
+def create_kek(token: HSMToken, key_id: str) -> HSMKey:
+    """Generate a new AES-256 KEK on the token: stored, private, non-extractable, sensitive, wrap/unwrap only."""
+    from pkcs11 import Attribute, KeyType, MechanismFlag
+
+    if not key_id:
+        raise ValueError("key_id must be a non-empty string")
+
+    def create(session: Any) -> Any:
+        if _find(session, key_id):
+            raise KeysetError(f"token {token.label!r} already holds a key labelled {key_id!r}")
+        return session.generate_key(
+            KeyType.AES,
+            256,
+            label=key_id,
+            store=True,
+            capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
+            template={
+                Attribute.EXTRACTABLE: False,  # may never leave the token, wrapped or not
+                Attribute.SENSITIVE: True,  # CKA_VALUE is never readable
+                Attribute.PRIVATE: True,  # invisible without the PIN
+                Attribute.MODIFIABLE: False,
+            },
+        )
+
+    return HSMKey(token, key_id, token.run(f"creating key {key_id!r}", create))
+
+
+def find_kek(token: HSMToken, key_id: str) -> HSMKey:
+    """The KEK labelled `key_id`; KeyNotFound if the token has none, HSMError if it has several."""
+    found = token.run(f"finding key {key_id!r}", _find, key_id)
+    if not found:
+        raise KeyNotFound(f"token {token.label!r} holds no key labelled {key_id!r}")
+    if len(found) > 1:
+        raise HSMError(f"token {token.label!r} holds {len(found)} keys labelled {key_id!r}; labels must be unique")
+    return HSMKey(token, key_id, found[0])
+
+
+def init_softhsm_token(
+    directory: str | Path, label: str, pin: str, so_pin: str, library: str | Path | None = None
+) -> Path:
+    """A fresh SoftHSM2 token stored under `directory`, for tests and notebooks; returns its config file.
+
+    SoftHSM finds tokens through the file named by SOFTHSM2_CONF, read at C_Initialize:
+    this sets the variable for the whole process and, when `library` is given and already
+    loaded here, re-initialises it so the new token is visible (which ends open sessions).
+    """
+    util = shutil.which("softhsm2-util")
+    if util is None:
+        raise HSMError("softhsm2-util is not installed (Debian/Ubuntu package softhsm2)")
+    directory = Path(directory)
+    (directory / "tokens").mkdir(parents=True, exist_ok=True)
+    conf = directory / "softhsm2.conf"
+    if not conf.exists():
+        conf.write_text(
+            f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        )
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    args = [util, "--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", pin]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        # softhsm2-util never echoes PINs; its message says what it refused
+        raise HSMError(f"softhsm2-util could not create token {label!r}: {done.stderr.strip() or done.stdout.strip()}")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    if library is not None:
+        import pkcs11
+
+        pkcs11.lib(str(library)).reinitialize()
+    return conf

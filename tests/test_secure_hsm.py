@@ -1,0 +1,177 @@
+"""The PKCS#11 KEK on a real SoftHSM2 token created in a temp dir for this module."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.secure.errors import HSMError, IntegrityError, KeyNotFound, KeysetError
+from common.secure.hsm import HSMKey, HSMToken, create_kek, find_kek, init_softhsm_token, open_token
+from common.secure.kek import KeyEncryptionKey
+from tests.conftest import softhsm_library
+
+pytestmark = pytest.mark.hsm
+
+PIN, SO_PIN = "user-pin-4F7Q", "so-pin-9K2W"  # distinctive, so a leak into a message or repr is found
+LABEL, PIN_LABEL = "s2-keks", "s2-pin-checks"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    lib = softhsm_library()
+    assert lib is not None
+    before = os.environ.get("SOFTHSM2_CONF")
+    directory = tmp_path_factory.mktemp("softhsm")
+    init_softhsm_token(directory, LABEL, PIN, SO_PIN, library=lib)
+    init_softhsm_token(directory, PIN_LABEL, PIN, SO_PIN, library=lib)
+    yield lib
+    if before is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = before
+
+
+@pytest.fixture(scope="module")
+def token(library: str) -> Iterator[HSMToken]:
+    with open_token(library, LABEL, PIN) as tok:
+        yield tok
+
+
+def new_kek(token: HSMToken) -> HSMKey:
+    return create_kek(token, f"kek-{uuid.uuid4().hex[:8]}")
+
+
+def test_wrap_unwrap_round_trip(token: HSMToken) -> None:
+    kek = new_kek(token)
+    assert isinstance(kek, KeyEncryptionKey) and kek.algorithm == "AES-KW-256"
+    for size in (16, 32, 64):
+        data_key = os.urandom(size)
+        wrapped = kek.wrap(data_key)
+        assert data_key not in wrapped and len(wrapped) == size + 8  # RFC 3394: one 8-byte integrity block more
+        assert kek.unwrap(wrapped) == data_key
+
+
+def test_data_keys_that_key_wrap_would_pad_are_refused(token: HSMToken) -> None:
+    """SoftHSM would zero-pad these and unwrap would return the padding: a changed key, so refuse up front."""
+    kek = new_kek(token)
+    for size in (0, 8, 20, 33):
+        with pytest.raises(ValueError, match=f"whole 8-byte blocks, got {size}"):
+            kek.wrap(os.urandom(size))
+
+
+def test_matches_rfc3394_published_vector(token: HSMToken) -> None:
+    """RFC 3394 section 4.6, a 256-bit key under a 256-bit KEK: what the token computes is that algorithm.
+
+    The KEK of a published vector has to be imported (a generated one cannot be known), so this test
+    builds an HSMKey around an imported session key; production keys come only from create_kek."""
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    kek_bytes = bytes(range(32))
+    key = bytes.fromhex("00112233445566778899aabbccddeeff000102030405060708090a0b0c0d0e0f")
+    expected = bytes.fromhex("28c9f404c4b810f4cbccb35cfb87f8263f5786e2d80ed326cbc7f0e71a99f43bfb988b9b7a02dd21")
+    handle = token.run(
+        "importing a test vector key",
+        lambda s: s.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.VALUE: kek_bytes,
+                Attribute.TOKEN: False,
+                Attribute.WRAP: True,
+                Attribute.UNWRAP: True,
+            }
+        ),
+    )
+    kek = HSMKey(token, "rfc3394-vector", handle)
+    assert kek.wrap(key) == expected
+    assert kek.unwrap(expected) == key
+
+
+def test_kek_never_leaves_the_token(token: HSMToken) -> None:
+    from pkcs11 import Attribute, Mechanism, exceptions
+
+    kek = new_kek(token)
+    handle = kek._handle
+    assert handle[Attribute.EXTRACTABLE] is False and handle[Attribute.SENSITIVE] is True
+    assert handle[Attribute.NEVER_EXTRACTABLE] is True and handle[Attribute.ALWAYS_SENSITIVE] is True
+    with pytest.raises(exceptions.AttributeSensitive):
+        handle[Attribute.VALUE]
+    other = new_kek(token)
+    with pytest.raises(exceptions.KeyUnextractable):  # not even wrapped under another key of the same token
+        other._handle.wrap_key(handle, mechanism=Mechanism.AES_KEY_WRAP)
+    with pytest.raises(exceptions.PKCS11Error):  # CKA_EXTRACTABLE cannot be switched back on
+        handle[Attribute.EXTRACTABLE] = True
+    assert handle[Attribute.EXTRACTABLE] is False
+
+
+def test_wrong_key_or_tampered_bytes_are_integrity_errors(token: HSMToken) -> None:
+    kek, other = new_kek(token), new_kek(token)
+    wrapped = kek.wrap(os.urandom(32))
+    with pytest.raises(IntegrityError, match=other.key_id):
+        other.unwrap(wrapped)
+    for bad in (wrapped[:-1] + bytes([wrapped[-1] ^ 1]), wrapped[:-8], wrapped + b"\0" * 8, wrapped[:7], b""):
+        with pytest.raises(IntegrityError, match="not made by HSM key"):
+            kek.unwrap(bad)
+
+
+def test_keys_persist_and_are_found_by_id(library: str, token: HSMToken) -> None:
+    kek = new_kek(token)
+    data_key = os.urandom(32)
+    wrapped = kek.wrap(data_key)
+    assert find_kek(token, kek.key_id).unwrap(wrapped) == data_key
+    with pytest.raises(KeysetError, match="already holds"):
+        create_kek(token, kek.key_id)
+    with pytest.raises(KeyNotFound, match="no-such-key"):
+        find_kek(token, "no-such-key")
+
+
+def test_reopened_token_unwraps_what_an_earlier_session_wrapped(library: str) -> None:
+    data_key = os.urandom(32)
+    with open_token(library, PIN_LABEL, PIN) as tok:
+        kek = new_kek(tok)
+        new_kek_id, wrapped = kek.key_id, kek.wrap(data_key)
+    with pytest.raises(HSMError, match="closed"):
+        kek.wrap(data_key)
+    with open_token(library, PIN_LABEL, PIN) as tok:
+        assert find_kek(tok, new_kek_id).unwrap(wrapped) == data_key
+
+
+def test_missing_token_and_library_are_clear_errors(library: str) -> None:
+    with pytest.raises(HSMError, match=r"no token labelled 'no-such-token'.*tokens present: \[.*'s2-keks'"):
+        open_token(library, "no-such-token", PIN)
+    with pytest.raises(HSMError, match=r"cannot load the PKCS#11 library /nonexistent/libpkcs11\.so"):
+        open_token("/nonexistent/libpkcs11.so", LABEL, PIN)
+
+
+def test_wrong_pin_is_refused_without_echoing_it(library: str) -> None:
+    wrong = "wrong-pin-X8Z3"
+    with pytest.raises(HSMError, match=f"token '{PIN_LABEL}' rejected the PIN") as caught:
+        open_token(library, PIN_LABEL, wrong)
+    assert wrong not in str(caught.value) and wrong not in repr(caught.value)
+
+
+def test_second_open_in_one_process_is_explained(library: str, token: HSMToken) -> None:
+    with pytest.raises(HSMError, match="already open in this process"):
+        open_token(library, LABEL, PIN)
+
+
+def test_no_secret_in_repr_and_no_pickling(token: HSMToken) -> None:
+    kek = new_kek(token)
+    for obj in (kek, token):
+        assert PIN not in repr(obj) and SO_PIN not in repr(obj) and PIN not in str(obj)
+        with pytest.raises(TypeError, match="refuses pickling"):
+            pickle.dumps(obj)
+    assert repr(kek) == f"HSMKey(key_id={kek.key_id!r}, algorithm='AES-KW-256', token='s2-keks')"
+
+
+def test_init_token_without_softhsm_util_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    before = os.environ.get("SOFTHSM2_CONF")
+    with pytest.raises(HSMError, match="softhsm2-util is not installed"):
+        init_softhsm_token(tmp_path, "x", PIN, SO_PIN)
+    assert os.environ.get("SOFTHSM2_CONF") == before
