@@ -431,16 +431,5 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- attention -------------------------------------------------------------
 
-
-def attention(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    causal: bool = False,
-    algorithm: str = "naive",
-    scale: float | None = None,
-) -> np.ndarray:
-    """Attention lives in its own module (naive and flash kernels); imported on first use."""
-    from common.kernels.numba_attention import attention as _attention
-
-    return _attention(q, k, v, causal=causal, algorithm=algorithm, scale=scale)
+# Naive and flash attention have their own module (and their own tests); this backend re-exports them.
+from common.kernels.numba_attention import attention  # noqa: E402, F401
