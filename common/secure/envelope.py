@@ -1,0 +1,410 @@
+"""Envelope encryption: one fresh AES-256-GCM data key per artifact, wrapped by a keyset's primary KEK.
+
+The format follows the AWS Encryption SDK's message format (a self-describing,
+authenticated header; a framed body; key commitment) and Tink's streaming AEAD
+(per-artifact salt, nonces from a chunk counter, a final-chunk flag).
+
+Byte layout, version 1 (integers big-endian)::
+
+    offset   size  field
+    0        8     magic            b"HPAI-ENV"
+    8        1     version          1
+    9        1     algorithm id     1 = AES-256-GCM, HKDF-SHA256 key derivation, key commitment
+    10       4     chunk size C     plaintext bytes per chunk (1 .. 64 MiB)
+    14       32    salt             random per artifact; HKDF salt
+    46       8     nonce prefix     random per artifact; chunk i's nonce = prefix || uint32(i)
+    54       32    key commitment   HKDF output that pins the data key (checked before any decryption)
+    --- everything above is the *fixed header*; SHA-256 of it is bound into every chunk ---
+    86       2     key slot size S
+    88       S     key slot         uint8 len | key id (UTF-8) | uint16 len | wrapped data key | zero padding
+    88+S     32    header tag       HMAC-SHA256 over bytes 0 .. 88+S, keyed from the data key
+    120+S    ...   chunks           ciphertext || 16-byte GCM tag; every chunk but the last holds C
+                                    plaintext bytes, the last holds 0 .. C (0 only for an empty artifact)
+
+Keys: HKDF-SHA256(data key, salt, info="HPAI-ENV v1 AES-256-GCM") gives 96 bytes, split
+into the chunk key, the header-tag key and the commitment.
+
+Chunk i is sealed with AAD = SHA-256(fixed header) || uint64(i) || uint8(is_final), so
+a reordered, dropped, appended or spliced chunk fails its tag, and a body cut at a chunk
+boundary fails because the new last chunk was sealed as not final.
+
+Why the key slot is outside the chunk AAD: `rewrap` moves an artifact to a new KEK by
+rewriting only the slot and the header tag, in place, without touching the body. The
+slot needs no other protection: the wrapped key is checked by its KEK, the data key it
+yields must match the commitment, and the header tag (which only the data key's holder
+can compute) covers the whole header including the slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import io
+import os
+import secrets
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import FormatError, IntegrityError, SecureError
+from .keys import Keyset
+
+MAGIC = b"HPAI-ENV"
+VERSION = 1
+ALG_AES256GCM_HKDF_COMMIT = 1
+ALGORITHMS = {ALG_AES256GCM_HKDF_COMMIT: "AES-256-GCM, HKDF-SHA256, key commitment"}
+DEFAULT_CHUNK_SIZE = 1 << 20
+MAX_CHUNK_SIZE = 1 << 26
+DEFAULT_SLOT_SIZE = 1024  # room for an RSA-4096 wrapped key and a long id, so rotation can rewrite in place
+TAG_SIZE = 16
+HEADER_TAG_SIZE = 32
+MAX_CHUNKS = 1 << 32  # the nonce counter is 32 bits
+
+_FIXED = struct.Struct(">8sBBI32s8s32s")  # magic, version, algorithm, chunk size, salt, nonce prefix, commitment
+FIXED_SIZE = _FIXED.size  # 86
+_INFO = b"HPAI-ENV v1 AES-256-GCM"
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed envelope header. Parsing checks the shape only; `decrypt_*` and `rewrap` authenticate it."""
+
+    version: int
+    algorithm: int
+    chunk_size: int
+    salt: bytes
+    nonce_prefix: bytes
+    commitment: bytes
+    slot_size: int
+    key_id: str
+    wrapped_key: bytes
+    tag: bytes
+
+    @property
+    def fixed(self) -> bytes:
+        """The fixed header bytes (what every chunk is bound to)."""
+        return _FIXED.pack(
+            MAGIC, self.version, self.algorithm, self.chunk_size, self.salt, self.nonce_prefix, self.commitment
+        )
+
+    @property
+    def length(self) -> int:
+        """Bytes from the start of the artifact to its first chunk."""
+        return FIXED_SIZE + 2 + self.slot_size + HEADER_TAG_SIZE
+
+    def signed_bytes(self) -> bytes:
+        """Everything the header tag covers."""
+        return self.fixed + struct.pack(">H", self.slot_size) + _slot(self.key_id, self.wrapped_key, self.slot_size)
+
+    def layout(self) -> list[tuple[str, int, int]]:
+        """(field, offset, size) of every header field, in file order; for drawing the header."""
+        id_len = len(self.key_id.encode())
+        sizes = [
+            ("magic", 8),
+            ("version", 1),
+            ("algorithm id", 1),
+            ("chunk size", 4),
+            ("salt", 32),
+            ("nonce prefix", 8),
+            ("key commitment", 32),
+            ("key slot size", 2),
+            ("key id length", 1),
+            ("key id", id_len),
+            ("wrapped key length", 2),
+            ("wrapped data key", len(self.wrapped_key)),
+            ("slot padding", self.slot_size - 3 - id_len - len(self.wrapped_key)),
+            ("header tag", HEADER_TAG_SIZE),
+        ]
+        rows, offset = [], 0
+        for name, size in sizes:
+            rows.append((name, offset, size))
+            offset += size
+        return rows
+
+
+@dataclass(frozen=True)
+class _Keys:
+    chunk: AESGCM
+    header_mac: bytes
+    commitment: bytes
+
+
+def _derive(data_key: bytes, salt: bytes) -> _Keys:
+    okm = HKDF(algorithm=hashes.SHA256(), length=96, salt=salt, info=_INFO).derive(data_key)
+    return _Keys(AESGCM(okm[:32]), okm[32:64], okm[64:])
+
+
+def _slot(key_id: str, wrapped: bytes, slot_size: int) -> bytes:
+    kid = key_id.encode()
+    body = struct.pack(">B", len(kid)) + kid + struct.pack(">H", len(wrapped)) + wrapped
+    if len(body) > slot_size:
+        raise SecureError(f"key id and wrapped key need {len(body)} bytes, the key slot holds {slot_size}")
+    return body + bytes(slot_size - len(body))
+
+
+def _header_tag(keys: _Keys, header: Header) -> bytes:
+    return hmac.new(keys.header_mac, header.signed_bytes(), hashlib.sha256).digest()
+
+
+# -- parsing ------------------------------------------------------------------------------------------------------
+def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
+    buf = bytearray(n)
+    got = _fill(src, memoryview(buf))
+    if got != n:
+        raise FormatError(f"truncated envelope: {what} needs {n} bytes, found {got}")
+    return bytes(buf)
+
+
+def read_header(src: BinaryIO) -> Header:
+    """Parse (not authenticate) the header at the current position; leaves `src` at the first chunk.
+
+    Any malformed input raises FormatError, whatever the bytes: the parser is fuzzed.
+    """
+    magic, version, algorithm, chunk_size, salt, prefix, commitment = _FIXED.unpack(
+        _read_exact(src, FIXED_SIZE, "the fixed header")
+    )
+    if magic != MAGIC:
+        raise FormatError("not an HPAI envelope: bad magic bytes")
+    if version != VERSION:
+        raise FormatError(f"unsupported envelope version {version} (this library reads version {VERSION})")
+    if algorithm not in ALGORITHMS:
+        raise FormatError(f"unknown algorithm id {algorithm}")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise FormatError(f"chunk size {chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
+    (slot_size,) = struct.unpack(">H", _read_exact(src, 2, "the key slot size"))
+    slot = _read_exact(src, slot_size, "the key slot")
+    if slot_size < 4:
+        raise FormatError(f"key slot of {slot_size} bytes cannot hold a key id and a wrapped key")
+    id_len = slot[0]
+    if id_len == 0 or 1 + id_len + 2 > slot_size:
+        raise FormatError(f"key id length {id_len} does not fit the {slot_size}-byte key slot")
+    try:
+        key_id = slot[1 : 1 + id_len].decode()
+    except UnicodeDecodeError:
+        raise FormatError("key id is not valid UTF-8") from None
+    (wrapped_len,) = struct.unpack(">H", slot[1 + id_len : 3 + id_len])
+    end = 3 + id_len + wrapped_len
+    if wrapped_len == 0 or end > slot_size:
+        raise FormatError(f"wrapped key length {wrapped_len} does not fit the {slot_size}-byte key slot")
+    if any(slot[end:]):
+        raise FormatError("key slot padding is not zero")
+    tag = _read_exact(src, HEADER_TAG_SIZE, "the header tag")
+    return Header(
+        version, algorithm, chunk_size, salt, prefix, commitment, slot_size, key_id, slot[3 + id_len : end], tag
+    )
+
+
+def _open_header(header: Header, keyset: Keyset) -> tuple[bytes, _Keys]:
+    """Unwrap the data key and authenticate the header: commitment first, then the header tag."""
+    data_key = keyset.unwrap(header.key_id, header.wrapped_key)
+    keys = _derive(data_key, header.salt)
+    if not hmac.compare_digest(keys.commitment, header.commitment):
+        raise IntegrityError(
+            f"key commitment mismatch: the data key unwrapped by {header.key_id} is not this artifact's"
+        )
+    if not hmac.compare_digest(_header_tag(keys, header), header.tag):
+        raise IntegrityError("header authentication failed: a header field was altered")
+    return data_key, keys
+
+
+# -- streaming ------------------------------------------------------------------------------------------------------
+def _nonce(prefix: bytes, index: int) -> bytes:
+    if index >= MAX_CHUNKS:
+        raise SecureError(f"an envelope holds at most {MAX_CHUNKS} chunks: use a larger chunk size")
+    return prefix + index.to_bytes(4, "big")
+
+
+def _aad(digest: bytes, index: int, final: bool) -> bytes:
+    return digest + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
+
+
+def _fill(src: BinaryIO, view: memoryview) -> int:
+    """Read until `view` is full or the stream ends (pipes and sockets return short reads)."""
+    total = 0
+    while total < len(view):
+        n = src.readinto(view[total:]) if hasattr(src, "readinto") else _read_into(src, view[total:])
+        if not n:
+            break
+        total += n
+    return total
+
+
+def _read_into(src: BinaryIO, view: memoryview) -> int:
+    data = src.read(len(view))
+    view[: len(data)] = data
+    return len(data)
+
+
+def _double_buffered(src: BinaryIO, size: int) -> Iterator[tuple[memoryview, bool]]:
+    """Yield (chunk, is_final) with one chunk of read-ahead, so the last chunk is known when it is sealed."""
+    bufs = [memoryview(bytearray(size)), memoryview(bytearray(size))]
+    n = _fill(src, bufs[0])
+    while True:
+        m = _fill(src, bufs[1]) if n == size else 0
+        yield bufs[0][:n], m == 0
+        if m == 0:
+            return
+        bufs.reverse()
+        n = m
+
+
+def encrypt_stream(
+    src: BinaryIO, dst: BinaryIO, keyset: Keyset, *, chunk_size: int = DEFAULT_CHUNK_SIZE, slot_size: int = 0
+) -> int:
+    """Encrypt everything `src` yields into `dst` under a fresh data key; returns the plaintext length.
+
+    At most two plaintext chunks are held in memory, whatever the artifact size.
+    """
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be in 1 .. {MAX_CHUNK_SIZE}, got {chunk_size}")
+    data_key = AESGCM.generate_key(bit_length=256)
+    salt, prefix = secrets.token_bytes(32), secrets.token_bytes(8)
+    key_id, wrapped = keyset.wrap(data_key)
+    needed = 3 + len(key_id.encode()) + len(wrapped)
+    slot_size = slot_size or max(DEFAULT_SLOT_SIZE, needed)
+    keys = _derive(data_key, salt)
+    _slot(key_id, wrapped, slot_size)  # fails early if it does not fit
+    header = Header(VERSION, ALG_AES256GCM_HKDF_COMMIT, chunk_size, salt, prefix, keys.commitment, slot_size, key_id,
+                    wrapped, b"")  # fmt: skip
+    dst.write(header.signed_bytes() + _header_tag(keys, header))
+    digest = hashlib.sha256(header.fixed).digest()
+    out = bytearray(chunk_size + TAG_SIZE)
+    total = 0
+    for index, (chunk, final) in enumerate(_double_buffered(src, chunk_size)):
+        sealed = memoryview(out)[: len(chunk) + TAG_SIZE]
+        keys.chunk.encrypt_into(_nonce(prefix, index), chunk, _aad(digest, index, final), sealed)
+        dst.write(sealed)
+        total += len(chunk)
+    return total
+
+
+def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyset: Keyset) -> int:
+    """Decrypt an envelope from `src` into `dst`; returns the plaintext length.
+
+    Each chunk is written only after its tag verified. A failure part-way (a cut or
+    altered later chunk) leaves the verified prefix in `dst`: use `decrypt_file` or
+    `decrypt_bytes` for all-or-nothing output.
+    """
+    header = read_header(src)
+    _, keys = _open_header(header, keyset)
+    digest = hashlib.sha256(header.fixed).digest()
+    size = header.chunk_size + TAG_SIZE
+    plain = bytearray(header.chunk_size)
+    total = 0
+    for index, (sealed, final) in enumerate(_double_buffered(src, size)):
+        if len(sealed) < TAG_SIZE or (final and index > 0 and len(sealed) == TAG_SIZE):
+            raise IntegrityError(f"chunk {index} is truncated: the envelope was cut short")
+        out = memoryview(plain)[: len(sealed) - TAG_SIZE]
+        try:
+            keys.chunk.decrypt_into(_nonce(header.nonce_prefix, index), sealed, _aad(digest, index, final), out)
+        except InvalidTag:
+            what = "the last chunk" if final else f"chunk {index}"
+            raise IntegrityError(
+                f"{what} failed authentication: altered, reordered, truncated or from another artifact"
+            ) from None
+        dst.write(out)
+        total += len(out)
+    return total
+
+
+# -- conveniences ---------------------------------------------------------------------------------------------------
+def encrypt_bytes(plaintext: bytes, keyset: Keyset, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
+    """The envelope of `plaintext`."""
+    out = io.BytesIO()
+    encrypt_stream(io.BytesIO(plaintext), out, keyset, chunk_size=chunk_size)
+    return out.getvalue()
+
+
+def decrypt_bytes(envelope: bytes, keyset: Keyset) -> bytes:
+    """The plaintext, returned only once every chunk authenticated."""
+    out = io.BytesIO()
+    decrypt_stream(io.BytesIO(envelope), out, keyset)
+    return out.getvalue()
+
+
+def encrypt_file(
+    in_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    keyset: Keyset,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Encrypt a file; `out_path` appears (atomically) only when complete."""
+    with open(in_path, "rb") as src, _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst:
+        return encrypt_stream(src, dst, keyset, chunk_size=chunk_size)
+
+
+def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], keyset: Keyset) -> int:
+    """Decrypt a file; `out_path` appears only after the last chunk authenticated, else not at all."""
+    with open(in_path, "rb") as src, _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst:
+        return decrypt_stream(src, dst, keyset)
+
+
+@contextlib.contextmanager
+def _atomic_output(out_path: Path, *, not_same_as: Path | None = None) -> Iterator[BinaryIO]:
+    """A temp file (mode 0600) beside `out_path`, renamed over it on success and deleted on any failure."""
+    if not_same_as is not None and out_path.exists() and out_path.resolve() == not_same_as.resolve():
+        raise ValueError(f"input and output are the same file: {out_path}")
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            yield dst
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# -- rotation -------------------------------------------------------------------------------------------------------
+def rewrap(path: str | os.PathLike[str], keyset: Keyset) -> str:
+    """Move an artifact to the keyset's primary KEK by rewriting only its key slot and header tag.
+
+    The body is not read, so the cost does not grow with the artifact. Returns the new
+    key id (unchanged if the artifact already uses the primary). The old key must still
+    be enabled. The in-place write is one small `pwrite` at a fixed offset followed by
+    fsync; it is not atomic against power loss (copy the file first if that matters).
+    """
+    path = Path(path)
+    with open(path, "rb") as src:
+        header = read_header(src)
+    data_key, keys = _open_header(header, keyset)
+    if header.key_id == keyset.primary.key_id:
+        return header.key_id
+    key_id, wrapped = keyset.wrap(data_key)
+    needed = 3 + len(key_id.encode()) + len(wrapped)
+    if needed > header.slot_size:
+        _rewrite_with_bigger_slot(path, header, keys, key_id, wrapped, max(DEFAULT_SLOT_SIZE, needed))
+        return key_id
+    new = Header(**{**header.__dict__, "key_id": key_id, "wrapped_key": wrapped, "tag": b""})
+    signed = new.signed_bytes()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        region = signed[FIXED_SIZE:] + _header_tag(keys, new)
+        if os.pwrite(fd, region, FIXED_SIZE) != len(region):
+            raise SecureError(f"short write while re-wrapping {path.name}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key_id
+
+
+def _rewrite_with_bigger_slot(path: Path, header: Header, keys: _Keys, key_id: str, wrapped: bytes, slot: int) -> None:
+    """The rare case of a new wrapped key too big for the old slot: copy the body behind a larger header."""
+    new = Header(**{**header.__dict__, "slot_size": slot, "key_id": key_id, "wrapped_key": wrapped, "tag": b""})
+    with open(path, "rb") as src, _atomic_output(path) as dst:
+        src.seek(header.length)
+        dst.write(new.signed_bytes() + _header_tag(keys, new))
+        while block := src.read(DEFAULT_CHUNK_SIZE):
+            dst.write(block)

@@ -1,0 +1,387 @@
+"""The envelope format: round trips, every tamper we can think of, a fuzzed parser, streaming, re-wrap."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tracemalloc
+
+import pytest
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.secure import envelope as env
+from common.secure.errors import FormatError, IntegrityError, KeyDisabled, KeyNotFound, SecureError
+from common.secure.keys import Keyset, LocalRSAKey
+
+CS = 64  # a small chunk size, so a few hundred bytes make several chunks
+SECRET = b"PLAINTEXT-MARKER-"  # what must never show up in an error message
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> list[LocalRSAKey]:
+    return [LocalRSAKey.generate() for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def keyset(rsa_keys: list[LocalRSAKey]) -> Keyset:
+    ks = Keyset()
+    ks.add(rsa_keys[0])
+    return ks
+
+
+def chunks_of(blob: bytes) -> tuple[env.Header, list[bytes]]:
+    header = env.read_header(io.BytesIO(blob))
+    body = blob[header.length :]
+    step = header.chunk_size + env.TAG_SIZE
+    return header, [body[i : i + step] for i in range(0, len(body), step)]
+
+
+def flipped(blob: bytes, at: int) -> bytes:
+    out = bytearray(blob)
+    out[at] ^= 0x01
+    return bytes(out)
+
+
+# -- round trips --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [0, 1, CS - 1, CS, CS + 1, 2 * CS, 3 * CS + 5])
+def test_round_trip_sizes_and_layout(keyset: Keyset, n: int) -> None:
+    data = os.urandom(n)
+    blob = env.encrypt_bytes(data, keyset, chunk_size=CS)
+    header, chunks = chunks_of(blob)
+    assert env.decrypt_bytes(blob, keyset) == data
+    assert len(chunks) == max(1, -(-n // CS))  # a multiple of CS ends with a full final chunk, not an empty one
+    assert len(blob) == header.length + len(chunks) * env.TAG_SIZE + n
+    assert header.key_id == keyset.primary.key_id and header.chunk_size == CS
+
+
+@FUZZ
+@given(data=st.binary(max_size=700), chunk_size=st.integers(1, 300))
+def test_round_trip_any_data_and_chunk_size(keyset: Keyset, data: bytes, chunk_size: int) -> None:
+    assert env.decrypt_bytes(env.encrypt_bytes(data, keyset, chunk_size=chunk_size), keyset) == data
+
+
+def test_fresh_key_salt_and_nonce_prefix_per_artifact(keyset: Keyset) -> None:
+    a, b = (env.encrypt_bytes(b"same bytes", keyset) for _ in range(2))
+    ha, hb = env.read_header(io.BytesIO(a)), env.read_header(io.BytesIO(b))
+    assert ha.salt != hb.salt and ha.nonce_prefix != hb.nonce_prefix and ha.commitment != hb.commitment
+    assert ha.wrapped_key != hb.wrapped_key and a[ha.length :] != b[hb.length :]
+
+
+def test_layout_matches_the_bytes(keyset: Keyset) -> None:
+    blob = env.encrypt_bytes(b"x", keyset)
+    header = env.read_header(io.BytesIO(blob))
+    fields = {name: blob[offset : offset + size] for name, offset, size in header.layout()}
+    assert fields["magic"] == env.MAGIC and fields["key id"] == header.key_id.encode()
+    assert fields["wrapped data key"] == header.wrapped_key and fields["header tag"] == header.tag
+    assert set(fields["slot padding"]) <= {0}
+    last = header.layout()[-1]
+    assert last[1] + last[2] == header.length
+
+
+class Trickle(io.RawIOBase):
+    """A source that returns at most 7 bytes a read, like a pipe."""
+
+    def __init__(self, data: bytes):
+        self._src = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        chunk = self._src.read(min(7, len(buf)))
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_short_reads_are_filled(keyset: Keyset) -> None:
+    data = os.urandom(5 * CS + 3)
+    sealed = io.BytesIO()
+    env.encrypt_stream(Trickle(data), sealed, keyset, chunk_size=CS)
+    out = io.BytesIO()
+    assert env.decrypt_stream(Trickle(sealed.getvalue()), out, keyset) == len(data)
+    assert out.getvalue() == data
+
+
+def test_streaming_holds_chunks_not_the_artifact(keyset: Keyset, tmp_path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(8 << 20))
+    tracemalloc.start()
+    try:
+        with open(src, "rb") as f, open(tmp_path / "big.env", "wb") as out:
+            env.encrypt_stream(f, out, keyset, chunk_size=64 << 10)
+        with open(tmp_path / "big.env", "rb") as f, open(tmp_path / "big.out", "wb") as out:
+            env.decrypt_stream(f, out, keyset)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak} bytes for an 8 MiB artifact in 64 KiB chunks"
+    assert (tmp_path / "big.out").read_bytes() == src.read_bytes()
+
+
+# -- tampering ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sealed(keyset: Keyset) -> tuple[bytes, bytes]:
+    data = SECRET + os.urandom(3 * CS + 10)
+    return data, env.encrypt_bytes(data, keyset, chunk_size=CS)
+
+
+def assert_refused(blob: bytes, keyset: Keyset, tmp_path, *, errors: tuple[type[Exception], ...] = (IntegrityError,)):
+    """A typed error, no output file, nothing but the temp-free folder, no plaintext in the message."""
+    (tmp_path / "in.env").write_bytes(blob)
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(errors) as info:
+        env.decrypt_file(tmp_path / "in.env", tmp_path / "out.bin", keyset)
+    assert set(os.listdir(tmp_path)) == before, "a failed decrypt left a file behind"
+    assert SECRET not in str(info.value).encode() and SECRET not in repr(info.value).encode()
+    with pytest.raises(errors):
+        env.decrypt_bytes(blob, keyset)
+    return info.value
+
+
+def test_every_header_byte_is_protected(keyset: Keyset, sealed: tuple[bytes, bytes], tmp_path) -> None:
+    _, blob = sealed
+    header = env.read_header(io.BytesIO(blob))
+    for name, offset, size in header.layout():
+        for at in {offset, offset + size - 1}:
+            errors = (IntegrityError, KeyNotFound) if name == "key id" else (IntegrityError,)
+            assert_refused(flipped(blob, at), keyset, tmp_path, errors=errors)
+
+
+def test_header_fields_name_what_failed(keyset: Keyset, sealed: tuple[bytes, bytes]) -> None:
+    _, blob = sealed
+    layout = {name: offset for name, offset, _ in env.read_header(io.BytesIO(blob)).layout()}
+    cases = {
+        "magic": (FormatError, "magic"),
+        "version": (FormatError, "version"),
+        "algorithm id": (FormatError, "algorithm"),
+        "salt": (IntegrityError, "commitment"),
+        "key commitment": (IntegrityError, "commitment"),
+        "nonce prefix": (IntegrityError, "header authentication"),
+        "wrapped data key": (IntegrityError, "unwrap"),
+        "slot padding": (FormatError, "padding"),
+        "header tag": (IntegrityError, "header authentication"),
+    }
+    for field, (error, words) in cases.items():
+        with pytest.raises(error, match=words):
+            env.decrypt_bytes(flipped(blob, layout[field]), keyset)
+
+
+def test_every_chunk_and_tag_byte_region_is_protected(keyset: Keyset, sealed: tuple[bytes, bytes], tmp_path) -> None:
+    _, blob = sealed
+    header, chunks = chunks_of(blob)
+    start = header.length
+    for chunk in chunks:
+        body_end = start + len(chunk) - env.TAG_SIZE
+        for at in (start, body_end - 1, body_end, start + len(chunk) - 1):  # first/last ciphertext, first/last tag
+            assert_refused(flipped(blob, at), keyset, tmp_path)
+        start += len(chunk)
+
+
+def test_truncation_anywhere_is_detected(keyset: Keyset, sealed: tuple[bytes, bytes], tmp_path) -> None:
+    _, blob = sealed
+    header, chunks = chunks_of(blob)
+    boundaries = [header.length + sum(len(c) for c in chunks[:i]) for i in range(len(chunks))]
+    for cut in sorted({0, 5, env.FIXED_SIZE, header.length - 1, *boundaries, *(b + 20 for b in boundaries)}):
+        assert_refused(blob[:cut], keyset, tmp_path)
+    assert_refused(blob[:-1], keyset, tmp_path)
+
+
+def test_appending_is_detected(keyset: Keyset, sealed: tuple[bytes, bytes], tmp_path) -> None:
+    _, blob = sealed
+    _, chunks = chunks_of(blob)
+    assert_refused(blob + b"\x00", keyset, tmp_path)
+    assert_refused(blob + chunks[0], keyset, tmp_path)
+    # a full-size last chunk followed by a copy of itself: it was sealed as final
+    full = env.encrypt_bytes(os.urandom(2 * CS), keyset, chunk_size=CS)
+    assert_refused(full + chunks_of(full)[1][-1], keyset, tmp_path)
+
+
+def test_reordered_and_dropped_chunks_are_detected(keyset: Keyset, sealed: tuple[bytes, bytes], tmp_path) -> None:
+    _, blob = sealed
+    header, c = chunks_of(blob)
+    head = blob[: header.length]
+    assert_refused(head + c[1] + c[0] + b"".join(c[2:]), keyset, tmp_path)
+    assert_refused(head + c[0] + c[2] + c[1] + c[3], keyset, tmp_path)
+    assert_refused(head + b"".join(c[1:]), keyset, tmp_path)
+    assert_refused(head + c[0] + c[1] + c[3], keyset, tmp_path)
+
+
+def test_splicing_between_artifacts_is_detected(keyset: Keyset, sealed: tuple[bytes, bytes], tmp_path) -> None:
+    _, a = sealed
+    b = env.encrypt_bytes(os.urandom(len(a)), keyset, chunk_size=CS)
+    ha, ca = chunks_of(a)
+    hb, cb = chunks_of(b)
+    assert_refused(a[: ha.length] + ca[0] + cb[1] + b"".join(ca[2:]), keyset, tmp_path)
+    assert_refused(a[: ha.length] + b[hb.length :], keyset, tmp_path)  # A's header, B's body
+    assert_refused(b[: env.FIXED_SIZE] + a[env.FIXED_SIZE :], keyset, tmp_path)  # B's fixed header on A
+
+
+def test_key_commitment_refuses_another_data_key(keyset: Keyset, sealed: tuple[bytes, bytes]) -> None:
+    """A wrapped key that the KEK opens fine, but for a different data key: caught before any chunk is tried."""
+    _, blob = sealed
+    header = env.read_header(io.BytesIO(blob))
+    _, other = keyset.wrap(os.urandom(32))
+    offset = dict((name, off) for name, off, _ in header.layout())["wrapped data key"]
+    forged = blob[:offset] + other + blob[offset + len(other) :]
+    with pytest.raises(IntegrityError, match="commitment"):
+        env.decrypt_bytes(forged, keyset)
+
+
+def test_nothing_unauthenticated_reaches_the_output(keyset: Keyset) -> None:
+    data = os.urandom(4 * CS)
+    blob = env.encrypt_bytes(data, keyset, chunk_size=CS)
+    bad = flipped(blob, env.read_header(io.BytesIO(blob)).length + 2 * (CS + env.TAG_SIZE) + 3)
+    out = io.BytesIO()
+    with pytest.raises(IntegrityError, match="chunk 2"):
+        env.decrypt_stream(io.BytesIO(bad), out, keyset)
+    assert out.getvalue() == data[: 2 * CS]  # exactly the chunks that authenticated
+
+
+def test_wrong_key_with_the_right_id_is_an_integrity_error(rsa_keys: list[LocalRSAKey], sealed) -> None:
+    class Impostor:
+        """Claims key 0's id but holds key 1."""
+
+        key_id, algorithm = rsa_keys[0].key_id, rsa_keys[0].algorithm
+        wrap, unwrap = rsa_keys[1].wrap, rsa_keys[1].unwrap
+
+    impostor = Keyset()
+    impostor.add(Impostor())
+    with pytest.raises(IntegrityError, match="does not unwrap"):
+        env.decrypt_bytes(sealed[1], impostor)
+
+
+def test_unknown_disabled_and_retired_keys(rsa_keys: list[LocalRSAKey], tmp_path) -> None:
+    ks = Keyset()
+    ks.add(rsa_keys[0])
+    blob = env.encrypt_bytes(SECRET, ks)
+    other = Keyset()
+    other.add(rsa_keys[1])
+    assert_refused(blob, other, tmp_path, errors=(KeyNotFound,))
+    ks.rotate(rsa_keys[1])
+    ks.disable(rsa_keys[0].key_id)
+    assert_refused(blob, ks, tmp_path, errors=(KeyDisabled,))
+    ks.enable(rsa_keys[0].key_id)
+    assert env.decrypt_bytes(blob, ks) == SECRET
+    ks.retire(rsa_keys[0].key_id)
+    err = assert_refused(blob, ks, tmp_path, errors=(KeyNotFound,))
+    assert rsa_keys[0].key_id in str(err)
+
+
+def test_failed_decrypt_keeps_an_existing_output(keyset: Keyset, sealed, tmp_path) -> None:
+    (tmp_path / "in.env").write_bytes(flipped(sealed[1], len(sealed[1]) - 1))
+    (tmp_path / "out.bin").write_bytes(b"previous")
+    with pytest.raises(IntegrityError):
+        env.decrypt_file(tmp_path / "in.env", tmp_path / "out.bin", keyset)
+    assert (tmp_path / "out.bin").read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["in.env", "out.bin"]
+
+
+def test_files_round_trip_and_refuse_to_overwrite_their_input(keyset: Keyset, tmp_path) -> None:
+    data = os.urandom(3 * CS + 1)
+    (tmp_path / "a.bin").write_bytes(data)
+    assert env.encrypt_file(tmp_path / "a.bin", tmp_path / "a.env", keyset, chunk_size=CS) == len(data)
+    assert env.decrypt_file(tmp_path / "a.env", tmp_path / "a.out", keyset) == len(data)
+    assert (tmp_path / "a.out").read_bytes() == data
+    assert (tmp_path / "a.out").stat().st_mode & 0o077 == 0  # plaintext output readable by its owner only
+    with pytest.raises(ValueError, match="same file"):
+        env.encrypt_file(tmp_path / "a.bin", tmp_path / "a.bin", keyset)
+    assert (tmp_path / "a.bin").read_bytes() == data
+
+
+# -- the parser, fuzzed ----------------------------------------------------------------------------------------------
+@FUZZ
+@given(blob=st.binary(max_size=2000))
+def test_random_bytes_give_a_clean_error(keyset: Keyset, blob: bytes) -> None:
+    with pytest.raises(FormatError):
+        env.read_header(io.BytesIO(blob))
+    with pytest.raises(SecureError):
+        env.decrypt_bytes(blob, keyset)
+
+
+@FUZZ
+@given(tail=st.binary(max_size=1500), version=st.sampled_from([0, 1, 2]), alg=st.sampled_from([0, 1, 255]))
+def test_plausible_headers_give_a_clean_error(keyset: Keyset, tail: bytes, version: int, alg: int) -> None:
+    """Past the magic, so the fuzzer reaches the length fields and the key slot."""
+    blob = env.MAGIC + bytes([version, alg]) + tail
+    with contextlib.suppress(FormatError):
+        env.read_header(io.BytesIO(blob))
+    with pytest.raises((FormatError, IntegrityError, KeyNotFound)):
+        env.decrypt_bytes(blob, keyset)
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_envelopes_never_decrypt(keyset: Keyset, sealed, data: st.DataObject) -> None:
+    _, blob = sealed
+    at = data.draw(st.integers(0, len(blob) - 1))
+    value = data.draw(st.integers(0, 255).filter(lambda v: v != blob[at]))
+    mutated = blob[:at] + bytes([value]) + blob[at + 1 :]
+    with pytest.raises((IntegrityError, KeyNotFound)):
+        env.decrypt_bytes(mutated, keyset)
+
+
+# -- re-wrap ---------------------------------------------------------------------------------------------------------
+def test_rewrap_changes_only_the_key_slot_and_tag(rsa_keys: list[LocalRSAKey], tmp_path) -> None:
+    ks = Keyset()
+    ks.add(rsa_keys[0])
+    data = os.urandom(5 * CS)
+    path = tmp_path / "a.env"
+    path.write_bytes(env.encrypt_bytes(data, ks, chunk_size=CS))
+    before = path.read_bytes()
+    ks.rotate(rsa_keys[1])
+    assert env.rewrap(path, ks) == rsa_keys[1].key_id
+    after = path.read_bytes()
+    header = env.read_header(io.BytesIO(after))
+    assert header.key_id == rsa_keys[1].key_id and len(after) == len(before)
+    assert after[: env.FIXED_SIZE] == before[: env.FIXED_SIZE] and after[header.length :] == before[header.length :]
+    ks.retire(rsa_keys[0].key_id)
+    assert env.decrypt_bytes(after, ks) == data
+    assert env.rewrap(path, ks) == rsa_keys[1].key_id and path.read_bytes() == after  # already current: untouched
+
+
+def test_rewrap_refuses_a_tampered_header_and_leaves_it(rsa_keys: list[LocalRSAKey], tmp_path) -> None:
+    ks = Keyset()
+    ks.add(rsa_keys[0])
+    path = tmp_path / "a.env"
+    path.write_bytes(flipped(env.encrypt_bytes(b"abc", ks), 20))  # inside the salt
+    before = path.read_bytes()
+    ks.rotate(rsa_keys[1])
+    with pytest.raises(IntegrityError):
+        env.rewrap(path, ks)
+    assert path.read_bytes() == before
+
+
+class BigWrapKEK:
+    """An AES key-wrap KEK that pads its output to 2000 bytes: too big for the default key slot."""
+
+    algorithm = "AES-KW-256-PADDED"
+
+    def __init__(self) -> None:
+        self.key_id, self._kek = "padded-kw", os.urandom(32)
+
+    def wrap(self, data_key: bytes) -> bytes:
+        return aes_key_wrap(self._kek, data_key).ljust(2000, b"\x00")
+
+    def unwrap(self, wrapped: bytes) -> bytes:
+        try:
+            return aes_key_unwrap(self._kek, wrapped[:40])
+        except ValueError:
+            raise IntegrityError("not wrapped by padded-kw") from None
+
+
+def test_rewrap_to_a_bigger_wrapped_key_rewrites_the_header(rsa_keys: list[LocalRSAKey], tmp_path) -> None:
+    ks = Keyset()
+    ks.add(rsa_keys[0])
+    data = os.urandom(3 * CS)
+    path = tmp_path / "a.env"
+    path.write_bytes(env.encrypt_bytes(data, ks, chunk_size=CS))
+    ks.rotate(BigWrapKEK())
+    assert env.rewrap(path, ks) == "padded-kw"
+    header = env.read_header(io.BytesIO(path.read_bytes()))
+    assert header.slot_size > env.DEFAULT_SLOT_SIZE and header.key_id == "padded-kw"
+    assert env.decrypt_bytes(path.read_bytes(), ks) == data
+    assert os.listdir(tmp_path) == ["a.env"]
