@@ -175,3 +175,21 @@ def test_init_token_without_softhsm_util_is_explained(tmp_path: Path, monkeypatc
     with pytest.raises(HSMError, match="softhsm2-util is not installed"):
         init_softhsm_token(tmp_path, "x", PIN, SO_PIN)
     assert os.environ.get("SOFTHSM2_CONF") == before
+
+
+def test_hsm_key_as_keyset_primary_survives_reload(tmp_path: Path, token: HSMToken) -> None:
+    """An envelope wrapped by the HSM key opens after the keyset is reloaded with the HSM provider."""
+    from common.secure.envelope import decrypt_bytes, encrypt_bytes
+    from common.secure.hsm import PROVIDER, provider_loader
+    from common.secure.keys import Keyset
+
+    keyset = Keyset.generate(tmp_path / "keys", b"keyset-password")
+    kek = new_kek(token)
+    keyset.rotate(kek)
+    blob = encrypt_bytes(b"weights" * 1000, keyset)
+    assert kek.key_id.encode() in blob and PIN.encode() not in (tmp_path / "keys" / "keyset.json").read_bytes()
+    with pytest.raises(KeysetError, match="pass a loader"):
+        Keyset.load(tmp_path / "keys", b"keyset-password")
+    again = Keyset.load(tmp_path / "keys", b"keyset-password", providers={PROVIDER: provider_loader(token)})
+    assert again.primary.key_id == kek.key_id
+    assert decrypt_bytes(blob, again) == b"weights" * 1000

@@ -22,11 +22,13 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from common.secure.errors import HSMError, IntegrityError, KeyNotFound, KeysetError
 
+PROVIDER = "pkcs11"  # the provider name a keyset records for HSM keys
 ALGORITHM = "AES-KW-256"  # AES-256 key wrap, RFC 3394, by a PKCS#11 token
 
 # What SoftHSM (and tokens generally) answer when wrapped bytes were not made by this key:
@@ -90,6 +92,7 @@ class HSMKey:
     """A KeyEncryptionKey whose AES-256 key lives on the token; `key_id` is its CKA_LABEL."""
 
     algorithm = ALGORITHM
+    provider = PROVIDER
 
     def __init__(self, token: HSMToken, key_id: str, handle: Any):
         self.key_id = key_id
@@ -151,6 +154,10 @@ class HSMKey:
         if not isinstance(wrapped, bytes | bytearray):
             raise IntegrityError(f"wrapped data key must be bytes, got {type(wrapped).__name__}")
         return self.token.run(f"unwrapping a data key with {self.key_id!r}", unwrap)
+
+    def record(self) -> dict[str, str]:
+        """What a keyset file stores to find this key again: the token, never the PIN."""
+        return {"token": self.token.label}
 
     def __repr__(self) -> str:
         return f"HSMKey(key_id={self.key_id!r}, algorithm={self.algorithm!r}, token={self.token.label!r})"
@@ -233,6 +240,17 @@ def find_kek(token: HSMToken, key_id: str) -> HSMKey:
     if len(found) > 1:
         raise HSMError(f"token {token.label!r} holds {len(found)} keys labelled {key_id!r}; labels must be unique")
     return HSMKey(token, key_id, found[0])
+
+
+def provider_loader(token: HSMToken) -> Callable[[Mapping[str, Any]], HSMKey]:
+    """For `Keyset.load(..., providers={PROVIDER: provider_loader(token)})`: re-attach HSM keys on an open token."""
+
+    def load(record: Mapping[str, Any]) -> HSMKey:
+        if record.get("token") != token.label:
+            raise KeysetError(f"key {record.get('id')!r} lives on token {record.get('token')!r}, not {token.label!r}")
+        return find_kek(token, record["id"])
+
+    return load
 
 
 def init_softhsm_token(
