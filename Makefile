@@ -49,8 +49,19 @@ lab: $(STAMP) ## start JupyterLab on the course (PORT=8888); prints the URL
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=$(CURDIR) \
 		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/00_start_here.ipynb
 
-serve: $(STAMP) ## the embeddings server on the packaged MiniLM (flags: HPAI_* variables, see --help)
+# TLS=1: mutual TLS with a dev CA and short-lived certificates in TLS_DIR (made or renewed first);
+# only spiffe://hpai/client may call unless HPAI_ALLOWED_CLIENTS says otherwise.
+TLS ?=
+TLS_DIR ?= build/tls
+serve: $(STAMP) ## the embeddings server on the packaged MiniLM (TLS=1: mutual TLS; flags: HPAI_* variables, see --help)
+ifeq ($(TLS),1)
+	$(BIN)/python -m common.secure.tls $(TLS_DIR) --client client
+	@echo "try: curl --cacert $(TLS_DIR)/ca.pem --cert $(TLS_DIR)/client-client.pem --key $(TLS_DIR)/client-client.key https://localhost:8000/readyz"
+	HPAI_TLS_CERT=$(TLS_DIR)/server.pem HPAI_TLS_KEY=$(TLS_DIR)/server.key HPAI_TLS_CA=$(TLS_DIR)/ca.pem \
+	HPAI_ALLOWED_CLIENTS="$${HPAI_ALLOWED_CLIENTS:-[\"spiffe://hpai/client\"]}" $(BIN)/python -m common.serving
+else
 	$(BIN)/python -m common.serving
+endif
 
 test: $(STAMP) ## unit tests, every notebook under nbval, then the serving performance gate
 	$(MAKE) --no-print-directory test-unit

@@ -13,8 +13,11 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
+from common.secure.errors import TLSMaterialError
+from common.secure.tls import server_context
 from common.serving.app import create_app
 from common.serving.settings import ServingSettings
+from common.serving.tls_identity import http_protocol
 
 
 class CliSettings(ServingSettings):
@@ -34,9 +37,19 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         sys.exit(f"python -m common.serving: invalid settings:\n{exc}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls: dict[str, object] = {}
+    if settings.tls_enabled:  # mutual TLS: our strict context, and the protocol shim that tells the app who called
+        try:
+            context = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)  # type: ignore[arg-type]
+        except TLSMaterialError as exc:
+            sys.exit(f"python -m common.serving: cannot serve mutual TLS: {exc}")
+        tls = {"http": http_protocol(), "ssl_context_factory": lambda config, default: context}
     # one line per start: every setting (none is secret) and the URL; request bodies are never logged
     shown = " ".join(f"{k}={v}" for k, v in settings.model_dump().items())
-    logging.getLogger("common.serving").info("serving on http://%s:%d with %s", settings.host, settings.port, shown)
+    scheme = "https" if tls else "http"  # https here always means mutual TLS
+    logging.getLogger("common.serving").info(
+        "serving on %s://%s:%d with %s", scheme, settings.host, settings.port, shown
+    )
     uvicorn.run(
         create_app(ServingSettings(**settings.model_dump())),
         host=settings.host,
@@ -44,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         limit_concurrency=settings.limit_concurrency,  # protects the event loop itself when the queue cannot
         access_log=False,  # per-request lines cost throughput; /metrics counts every request instead
+        **tls,  # type: ignore[arg-type]
     )
 
 

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.device import set_thread_count
 from common.engine import Engine, InvalidRequest, build_engine
 from common.engine.embedding import EmbeddingCodec, sentence_encoder
+from common.serving.authz import ClientAuthorization
 from common.serving.batcher import BatcherClosed, DeadlineExceeded, DynamicBatcher, QueueFull
 from common.serving.metrics import ServingMetrics, observe_duration, watch_loop_lag
 from common.serving.settings import ServingSettings
@@ -209,6 +210,8 @@ def create_app(settings: ServingSettings | None = None, *, engine: Engine | None
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
+    if settings.tls_enabled:  # added first so it runs inside MetricsMiddleware: 403s are counted too
+        app.add_middleware(ClientAuthorization, allowed=settings.allowed_clients, refuse=lambda why: error(403, why))
     app.add_middleware(MetricsMiddleware, state=lambda: holder.get("state"))
 
     def state_of(request: Request) -> _State:

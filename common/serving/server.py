@@ -7,8 +7,10 @@ generator's work off the server's event loop and out of its GIL.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,24 +26,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll `/readyz` until it says 200; fail early if the process died."""
+def wait_ready(
+    url: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None, verify: ssl.SSLContext | bool = True
+) -> None:
+    """Poll `/readyz` until it says 200; fail early if the process died. `verify`: a client SSL context for
+    an https (mutual TLS) server."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=1.0, verify=verify).status_code == 200:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"{url} was not ready after {timeout_s:.0f} s")
 
 
 @contextlib.contextmanager
-def server_process(*, threads: int | None = None, log_level: str = "warning", **settings: object) -> Iterator[str]:
+def server_process(
+    *,
+    threads: int | None = None,
+    log_level: str = "warning",
+    client_tls: ssl.SSLContext | None = None,
+    **settings: object,
+) -> Iterator[str]:
     """`with server_process(max_batch_size=1) as url:` starts `python -m common.serving` on a free
     loopback port with those settings (as CLI flags), waits until it is ready, yields its URL,
-    and stops it on exit."""
+    and stops it on exit. With `tls_cert`, `tls_key`, `tls_ca` and `allowed_clients` the server
+    speaks mutual TLS; `client_tls` (from `common.secure.tls.client_context`) is then needed to ask
+    it whether it is ready, and the URL is https."""
+    tls = "tls_cert" in settings
+    if tls and client_tls is None:
+        raise ValueError("a mutual TLS server needs client_tls=client_context(ca, cert, key) to probe /readyz")
     port = free_port()
     args = [
         sys.executable,
@@ -57,14 +73,14 @@ def server_process(*, threads: int | None = None, log_level: str = "warning", **
     if threads is not None:
         args += ["--threads", str(threads)]
     for key, value in settings.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        args += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, list | tuple) else str(value)]
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen(args, env=env)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc=proc)
+        wait_ready(url, proc=proc, verify=client_tls or True)
         yield url
     finally:
         proc.terminate()

@@ -38,12 +38,31 @@ class ServingSettings(BaseSettings):
         None, ge=1, description="connections+requests uvicorn serves at once; beyond it answers 503 without parsing"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # mutual TLS: all three files, or none (plain HTTP); see common.secure.tls and `make serve TLS=1`
+    tls_cert: str | None = Field(None, description="server certificate (PEM); with tls_key and tls_ca: mutual TLS")
+    tls_key: str | None = Field(None, description="server private key (PEM)")
+    tls_ca: str | None = Field(None, description="CA whose client certificates are accepted (the only trust root)")
+    allowed_clients: list[str] = Field(
+        default_factory=list, description="client identities (e.g. spiffe://hpai/client) allowed to call; others 403"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        tls = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "tls_ca": self.tls_ca}
+        if any(tls.values()) and not all(tls.values()):
+            missing = ", ".join(k for k, v in tls.items() if not v)
+            raise ValueError(f"mutual TLS needs tls_cert, tls_key and tls_ca together; missing {missing}")
+        if self.tls_enabled and not self.allowed_clients:  # fail closed: no silent "any certificate will do"
+            raise ValueError("mutual TLS is on but allowed_clients is empty: list the client identities to serve")
+        if self.allowed_clients and not self.tls_enabled:
+            raise ValueError("allowed_clients needs mutual TLS (tls_cert, tls_key, tls_ca): without it no identity")
         return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key and self.tls_ca)
 
     def policy(self) -> BatchPolicy:
         return BatchPolicy(
