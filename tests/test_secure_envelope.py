@@ -136,6 +136,7 @@ def assert_refused(blob: bytes, keyset: Keyset, tmp_path, *, errors: tuple[type[
     with pytest.raises(errors) as info:
         env.decrypt_file(tmp_path / "in.env", tmp_path / "out.bin", keyset)
     assert set(os.listdir(tmp_path)) == before, "a failed decrypt left a file behind"
+    assert str(info.value).startswith("in.env: "), "the error names the artifact"
     assert SECRET not in str(info.value).encode() and SECRET not in repr(info.value).encode()
     with pytest.raises(errors):
         env.decrypt_bytes(blob, keyset)

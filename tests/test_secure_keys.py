@@ -184,6 +184,26 @@ def test_disable_then_retire(tmp_path: Path) -> None:
         env.decrypt_bytes(blob, reloaded)
 
 
+def test_save_to_a_folder_and_change_the_password(rsa_keys: list[LocalRSAKey], tmp_path: Path) -> None:
+    ks = Keyset()
+    ks.add(rsa_keys[0])
+    with pytest.raises(KeysetError, match="only in memory"):
+        ks.save()
+    ks.save(tmp_path / "a", PASSWORD)
+    signer = ks.verify_key().public_numbers()
+    ks.rotate(rsa_keys[1])  # saved by itself from now on
+    moved = Keyset.load(tmp_path / "a", PASSWORD)
+    assert moved.primary.key_id == rsa_keys[1].key_id and len(moved) == 2
+    moved.save(tmp_path / "b", b"a new password")
+    moved.save(tmp_path / "a", b"a new password")  # in place: every key file re-encrypted
+    for folder in ("a", "b"):
+        again = Keyset.load(tmp_path / folder, b"a new password")
+        assert [k.key_id for k in again] == [rsa_keys[0].key_id, rsa_keys[1].key_id]
+        assert again.verify_key().public_numbers() == signer
+        with pytest.raises(KeysetError, match="wrong password"):
+            Keyset.load(tmp_path / folder, PASSWORD)
+
+
 def test_a_key_file_swapped_for_another_is_noticed(rsa_keys: list[LocalRSAKey], tmp_path: Path) -> None:
     ks = Keyset.generate(tmp_path, PASSWORD)
     rsa_keys[2].save(tmp_path / f"{ks.primary.key_id}.pem", PASSWORD)

@@ -38,6 +38,7 @@ can compute) covers the whole header including the slot.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -339,14 +340,31 @@ def encrypt_file(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> int:
     """Encrypt a file; `out_path` appears (atomically) only when complete."""
-    with open(in_path, "rb") as src, _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst:
+    with (
+        _naming(in_path),
+        open(in_path, "rb") as src,
+        _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst,
+    ):
         return encrypt_stream(src, dst, keyset, chunk_size=chunk_size)
 
 
 def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], keyset: Keyset) -> int:
     """Decrypt a file; `out_path` appears only after the last chunk authenticated, else not at all."""
-    with open(in_path, "rb") as src, _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst:
+    with (
+        _naming(in_path),
+        open(in_path, "rb") as src,
+        _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst,
+    ):
         return decrypt_stream(src, dst, keyset)
+
+
+@contextlib.contextmanager
+def _naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Prefix a failure with the artifact's file name, so a batch job says which file failed."""
+    try:
+        yield
+    except SecureError as exc:
+        raise type(exc)(f"{Path(path).name}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -377,9 +395,9 @@ def rewrap(path: str | os.PathLike[str], keyset: Keyset) -> str:
     fsync; it is not atomic against power loss (copy the file first if that matters).
     """
     path = Path(path)
-    with open(path, "rb") as src:
+    with _naming(path), open(path, "rb") as src:
         header = read_header(src)
-    data_key, keys = _open_header(header, keyset)
+        data_key, keys = _open_header(header, keyset)
     if header.key_id == keyset.primary.key_id:
         return header.key_id
     key_id, wrapped = keyset.wrap(data_key)
@@ -387,7 +405,7 @@ def rewrap(path: str | os.PathLike[str], keyset: Keyset) -> str:
     if needed > header.slot_size:
         _rewrite_with_bigger_slot(path, header, keys, key_id, wrapped, max(DEFAULT_SLOT_SIZE, needed))
         return key_id
-    new = Header(**{**header.__dict__, "key_id": key_id, "wrapped_key": wrapped, "tag": b""})
+    new = dataclasses.replace(header, key_id=key_id, wrapped_key=wrapped, tag=b"")
     signed = new.signed_bytes()
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -402,9 +420,11 @@ def rewrap(path: str | os.PathLike[str], keyset: Keyset) -> str:
 
 def _rewrite_with_bigger_slot(path: Path, header: Header, keys: _Keys, key_id: str, wrapped: bytes, slot: int) -> None:
     """The rare case of a new wrapped key too big for the old slot: copy the body behind a larger header."""
-    new = Header(**{**header.__dict__, "slot_size": slot, "key_id": key_id, "wrapped_key": wrapped, "tag": b""})
+    new = dataclasses.replace(header, slot_size=slot, key_id=key_id, wrapped_key=wrapped, tag=b"")
+    mode = path.stat().st_mode
     with open(path, "rb") as src, _atomic_output(path) as dst:
         src.seek(header.length)
         dst.write(new.signed_bytes() + _header_tag(keys, new))
         while block := src.read(DEFAULT_CHUNK_SIZE):
             dst.write(block)
+    os.chmod(path, mode)

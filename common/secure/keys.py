@@ -344,13 +344,17 @@ class Keyset:
                 raise KeysetError("saving a keyset to a folder needs a password for its key files")
             _check_password(password)
             Path(directory).mkdir(parents=True, exist_ok=True)
-            if self._dir is None:
-                self._write_signing_key(ec.generate_private_key(ec.SECP256R1()), Path(directory), bytes(password))
+            # a keyset moving folders takes its signing key along; a new one gets its first
+            signer = self.signing_key() if self._dir is not None else ec.generate_private_key(ec.SECP256R1())
+            self._write_signing_key(signer, Path(directory), bytes(password))
             self._dir, self._password = Path(directory), bytes(password)
+            self._require_folder()
+            self._persist(rewrite_keys=True)  # every key file under this folder's password
+            return
         self._require_folder()
         self._persist()
 
-    def _persist(self) -> None:
+    def _persist(self, rewrite_keys: bool = False) -> None:
         if self._dir is None or self._password is None:
             return
         records = []
@@ -364,7 +368,7 @@ class Keyset:
             }
             if isinstance(entry.kek, LocalRSAKey):
                 record["file"] = f"{key_id}.pem"
-                if not (self._dir / record["file"]).exists():
+                if rewrite_keys or not (self._dir / record["file"]).exists():
                     entry.kek.save(self._dir / record["file"], self._password)
             elif hasattr(entry.kek, "record"):
                 record.update(entry.kek.record())  # provider-specific fields its loader needs (token label, ...)
