@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import pickle
@@ -26,8 +27,10 @@ from serving_stubs import stub_engine
 from common.secure import tls
 from common.secure.errors import TLSMaterialError
 from common.serving.app import create_app
+from common.serving.loadgen import run_closed_loop
 from common.serving.server import free_port, server_process
 from common.serving.settings import ServingSettings
+from common.serving.tls_cost import measure
 from common.serving.tls_identity import H11TLSProtocol, http_protocol
 
 ALICE, MALLORY = tls.client_id("alice"), tls.client_id("mallory")
@@ -339,6 +342,25 @@ def test_the_shim_works_on_h11_too_and_adds_nothing_to_plain_connections(pki):
 
     with serve(plain, None, http_protocol(), True) as url:
         assert httpx.get(f"{url}/test/extensions").json() == {"has_tls": False}
+
+
+def test_the_load_generator_speaks_mtls_through_its_client_argument(pki, mtls_server):
+    async def run(name: str):
+        async with httpx.AsyncClient(verify=client(pki, name)) as c:
+            return await run_closed_loop(mtls_server, 2, 0.5, client=c)
+
+    assert set(asyncio.run(run("alice")).counts) == {"200"}
+    assert set(asyncio.run(run("mallory")).counts) == {"403"}
+
+
+def test_a_new_mtls_connection_costs_several_kept_alive_requests(pki, mtls_server):
+    """The claim module 04 measures in full with `python -m common.serving.tls_cost`; here a quick check
+    of the tool, with both servers in this process (so only a loose ratio)."""
+    plain = create_app(ServingSettings(), engine=stub_engine())
+    with serve(plain, None, http_protocol(), True) as plain_url:
+        cost = measure(plain_url, mtls_server, client(pki, "alice"), n=30, rounds=1)
+    assert cost.handshake_ratio > 1.5, cost
+    assert cost.p50_mtls_reconnect_ms > cost.p50_plain_reconnect_ms, cost
 
 
 @pytest.mark.slow

@@ -72,6 +72,7 @@ class ClientAuthorization:
             await self.refuse(why)(scope, receive, send)
             return
         scope.setdefault("state", {})["client_identity"] = identity
+        log.debug("%s %s from %s", scope.get("method", ""), scope["path"], identity)  # no per-request cost above debug
         if identity is None:
             await self.app(scope, receive, send)
             return

@@ -1,12 +1,13 @@
 """A uvicorn protocol shim that puts the TLS peer's certificate and identity into the ASGI scope.
 
 Why it exists: uvicorn verifies client certificates (mTLS) but does not tell
-the app whose certificate it was. Issues encode/uvicorn#400 and #745 asked for
-it and were closed without it; PRs implementing the ASGI TLS extension
-(#1119, #2586, #3043, and #3132 / #3133, still open) are not in the uvicorn
-this repo pins (see `uvicorn.__version__`). Without the identity, a server can
-only say "some holder of a certificate from our CA": it cannot authorise one
-client and refuse another.
+the app whose certificate it was. Issues encode/uvicorn#400 ("provide access
+to transport information") and #745 ("add client certificate to request
+scope") were closed without it; the pull requests that implement the ASGI TLS
+extension (#1119, #2586, and #3132 / #3133) are still open, #3043 was closed,
+and none is in the uvicorn this repo pins (0.54). Without the identity a
+server can only say "some holder of a certificate from our CA": it cannot
+authorise one client and refuse another.
 
 How: uvicorn lets `Config(http=...)` take a protocol class. The subclasses
 here run uvicorn's own protocol unchanged and, once per connection (in
