@@ -139,6 +139,7 @@ def test_contexts_are_tls13_only_require_certificates_and_trust_only_the_ca(pki)
         assert ctx.verify_mode == ssl.CERT_REQUIRED
         assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "hpai dev CA"),),)]
     assert alice.check_hostname
+    assert server.num_tickets == 0, "no resumption: each connection re-verifies the client certificate"
 
 
 def test_unusable_files_are_named_and_no_key_bytes_leak(pki, tmp_path):

@@ -277,6 +277,9 @@ def server_context(
     """A server side that speaks TLS 1.3 only and completes no handshake without a client certificate
     signed by `ca`."""
     ctx = _strict(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ca)
+    # no session tickets: every connection is a full handshake that checks the client certificate again
+    # (expiry, CA), so a resumed session cannot outlive a short-lived certificate
+    ctx.num_tickets = 0
     _load_chain(ctx, cert, key)
     return ctx
 

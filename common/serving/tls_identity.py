@@ -18,6 +18,10 @@ wrap the protocol's app so every request's scope carries
 plus `client_identity` (this repo's addition: the parsed identity, so
 nobody parses PEM per request). The cost is one small dict per request.
 
+HTTP only: uvicorn builds WebSocket protocols from its config, not from this
+class, so an upgrade gets no extension (the app serves no WebSocket, and
+`common.serving.authz` refuses a scope without an identity).
+
 When uvicorn ships the extension itself, delete this file and keep reading
 the same scope key.
 """
