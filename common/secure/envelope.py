@@ -263,7 +263,8 @@ def encrypt_stream(
 ) -> int:
     """Encrypt everything `src` yields into `dst` under a fresh data key; returns the plaintext length.
 
-    At most two plaintext chunks are held in memory, whatever the artifact size.
+    At most two plaintext chunks are held in memory, whatever the artifact size. Buffers
+    are reused between chunks, so `dst.write` must copy what it keeps (as io's contract says).
     """
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in 1 .. {MAX_CHUNK_SIZE}, got {chunk_size}")
@@ -293,7 +294,8 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyset: Keyset) -> int:
 
     Each chunk is written only after its tag verified. A failure part-way (a cut or
     altered later chunk) leaves the verified prefix in `dst`: use `decrypt_file` or
-    `decrypt_bytes` for all-or-nothing output.
+    `decrypt_bytes` for all-or-nothing output. `dst.write` gets a view of a reused buffer
+    (io's contract: copy what you keep), so plaintext is never duplicated here.
     """
     header = read_header(src)
     _, keys = _open_header(header, keyset)
