@@ -72,6 +72,11 @@ def test_fresh_key_salt_and_nonce_prefix_per_artifact(keyset: Keyset) -> None:
     assert ha.wrapped_key != hb.wrapped_key and a[ha.length :] != b[hb.length :]
 
 
+def test_derived_keys_never_print(keyset: Keyset) -> None:
+    keys = env._derive(os.urandom(32), os.urandom(32))
+    assert repr(keys) == str(keys) == "_Keys(<derived keys hidden>)"
+
+
 def test_layout_matches_the_bytes(keyset: Keyset) -> None:
     blob = env.encrypt_bytes(b"x", keyset)
     header = env.read_header(io.BytesIO(blob))

@@ -132,11 +132,16 @@ class Header:
         return rows
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _Keys:
+    """The keys derived from one data key; never printed (a traceback with locals must not show them)."""
+
     chunk: AESGCM
     header_mac: bytes
     commitment: bytes
+
+    def __repr__(self) -> str:
+        return "_Keys(<derived keys hidden>)"
 
 
 def _derive(data_key: bytes, salt: bytes) -> _Keys:
@@ -263,6 +268,8 @@ def encrypt_stream(
 ) -> int:
     """Encrypt everything `src` yields into `dst` under a fresh data key; returns the plaintext length.
 
+    `slot_size` (default: 1 KiB, or more if the primary's wrapped key needs it) reserves room in
+    the header so a later `rewrap` to a KEK with a longer wrapped key still happens in place.
     At most two plaintext chunks are held in memory, whatever the artifact size. Buffers
     are reused between chunks, so `dst.write` must copy what it keeps (as io's contract says).
     """
