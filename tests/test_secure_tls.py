@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import pickle
 import socket
 import ssl
@@ -26,6 +27,7 @@ from serving_stubs import stub_engine
 
 from common.secure import tls
 from common.secure.errors import TLSMaterialError
+from common.serving.__main__ import main as serving_main
 from common.serving.app import create_app
 from common.serving.loadgen import run_closed_loop
 from common.serving.server import free_port, server_process
@@ -126,6 +128,20 @@ def test_dev_pki_reissues_only_what_is_missing_expiring_or_from_a_replaced_ca(tm
     new_ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     for path in (pki.server_cert, pki.client_cert("alice")):
         x509.load_pem_x509_certificate(path.read_bytes()).verify_directly_issued_by(new_ca)
+
+
+def test_the_cli_writes_a_dev_pki_and_says_where(tmp_path, capsys):
+    tls.main([str(tmp_path), "--client", "alice", "--client", "bob", "--hours", "2"])
+    out = capsys.readouterr().out
+    assert f"{tls.client_id('alice')}: {tmp_path / 'client-alice.pem'}" in out and "client-bob.key" in out
+    bob = x509.load_pem_x509_certificate((tmp_path / "client-bob.pem").read_bytes())
+    assert bob.not_valid_after_utc - bob.not_valid_before_utc == dt.timedelta(hours=2) + tls.CLOCK_SKEW
+
+
+def test_the_server_refuses_to_start_on_unusable_tls_files_and_names_them(pki, tmp_path):
+    args = ["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", pki["server"][1], "--tls-ca", pki["ca"][0]]
+    with pytest.raises(SystemExit, match=r"cannot serve mutual TLS: certificate .*missing\.pem: no such file"):
+        serving_main([*args, "--allowed-clients", json.dumps([ALICE])])
 
 
 # --- SSL contexts ----------------------------------------------------------------------------------
