@@ -127,6 +127,7 @@ def test_load_errors_are_clear_and_never_echo_the_password(tmp_path: Path) -> No
         ({**meta, "keys": [{**meta["keys"][0], "status": "weird"}]}, "status"),
         ({**meta, "keys": [{"id": "x"}]}, "missing a field"),
         ({**meta, "version": 2}, "version-1"),
+        ({**meta, "keys": [{**meta["keys"][0], "file": "../elsewhere.pem"}]}, "unexpected key file"),
     ]:
         (tmp_path / KEYSET_FILE).write_text(json.dumps(broken))
         with pytest.raises(KeysetError, match=words):

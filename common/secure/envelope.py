@@ -381,7 +381,10 @@ def _atomic_output(out_path: Path, *, not_same_as: Path | None = None) -> Iterat
     """A temp file (mode 0600) beside `out_path`, renamed over it on success and deleted on any failure."""
     if not_same_as is not None and out_path.exists() and out_path.resolve() == not_same_as.resolve():
         raise ValueError(f"input and output are the same file: {out_path}")
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial")
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot write {out_path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as dst:
             yield dst

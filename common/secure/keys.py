@@ -202,6 +202,8 @@ class Keyset:
             for record in meta["keys"]:
                 provider = record["provider"]
                 if provider == LOCAL_RSA:
+                    if record["file"] != f"{record['id']}.pem":  # never a path out of the folder
+                        raise KeysetError(f"key {record['id']} names an unexpected key file {record['file']!r}")
                     kek: KeyEncryptionKey = LocalRSAKey.load(path / record["file"], password)
                 elif provider in providers:
                     kek = providers[provider](record)
