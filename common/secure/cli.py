@@ -135,7 +135,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed so tests and docs can read the usage)."""
-    parser = argparse.ArgumentParser(prog="python -m common.secure", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m common.secure",
+        description="Keysets, envelope encryption, key rotation and model signing.",
+        epilog=f"The password comes from --password-file or ${PASSWORD_ENV}. Exit codes: 0 success, "
+        "1 integrity or key failure (no output file written), 2 usage error.",
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--keyset", required=True, type=Path, help="the keyset folder")
     common.add_argument("--password-file", type=Path, help=f"file holding the keyset password (else ${PASSWORD_ENV})")
