@@ -60,9 +60,6 @@ def sentence_encoder(path: str | Path | None = None, name: str = MINILM_NAME) ->
         raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: config.json is missing")
     import json
 
-    config = json.loads((folder / "config.json").read_text())
-    dim, vocab = config["hidden_size"], config["vocab_size"]
-
     def factory() -> nn.Module:
         _offline()
         from transformers import AutoModel
@@ -70,6 +67,36 @@ def sentence_encoder(path: str | Path | None = None, name: str = MINILM_NAME) ->
 
         hf_logging.disable_progress_bar()
         return MeanPooledEncoder(AutoModel.from_pretrained(folder))
+
+    return _encoder_model(name, factory, json.loads((folder / "config.json").read_text()))
+
+
+def sentence_encoder_from_memory(
+    config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], name: str = MINILM_NAME
+) -> Model:
+    """The same `Model` from a config dict and weights already in memory (decrypted ones: no file to load from).
+
+    The module's parameters share the tensors' storage: the weights are not copied again.
+    """
+    settings = dict(config)
+    if "model_type" not in settings:
+        raise ValueError("config has no model_type: cannot tell which architecture to build")
+
+    def factory() -> nn.Module:
+        _offline()
+        from transformers import MODEL_MAPPING, AutoConfig
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_config = AutoConfig.for_model(**settings)
+        architecture = MODEL_MAPPING[type(hf_config)]
+        return MeanPooledEncoder(architecture.from_pretrained(None, config=hf_config, state_dict=dict(state_dict)))
+
+    return _encoder_model(name, factory, settings)
+
+
+def _encoder_model(name: str, factory: Any, config: Mapping[str, Any]) -> Model:
+    dim, vocab = config["hidden_size"], config["vocab_size"]
 
     def examples(batch: int, seed: int, length: int = 16) -> dict[str, np.ndarray]:
         ids = np.random.default_rng(seed).integers(1000, vocab, size=(batch, length), dtype=np.int64)
@@ -82,6 +109,28 @@ def sentence_encoder(path: str | Path | None = None, name: str = MINILM_NAME) ->
         outputs=(TensorSpec("embedding", (None, dim)),),
         examples=examples,
     )
+
+
+def tokenizer_from_files(files: Mapping[str, bytes]) -> Any:
+    """A fast tokenizer from the bytes of `tokenizer.json` (+ tokenizer_config / special_tokens_map), no folder.
+
+    For verified files held in memory: reading them again from disk would reopen the
+    window between checking a file and using it.
+    """
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if "tokenizer.json" not in files:
+        raise FileNotFoundError("tokenizer.json is missing: a fast tokenizer needs it")
+    options: dict[str, Any] = {}
+    for extra in ("special_tokens_map.json", "tokenizer_config.json"):
+        if extra in files:
+            options.update(json.loads(files[extra]))
+    for key in ("tokenizer_class", "name_or_path", "auto_map", "tokenizer_file"):  # never load code or other files
+        options.pop(key, None)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(files["tokenizer.json"].decode()), **options)
 
 
 @cache
@@ -108,6 +157,11 @@ class EmbeddingCodec:
     @classmethod
     def from_folder(cls, path: str | Path | None = None, max_tokens: int = MINILM_MAX_TOKENS) -> EmbeddingCodec:
         return cls(_tokenizer(str(Path(path) if path is not None else minilm_path())), max_tokens)
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes], max_tokens: int = MINILM_MAX_TOKENS) -> EmbeddingCodec:
+        """From tokenizer files held in memory (see `tokenizer_from_files`)."""
+        return cls(tokenizer_from_files(files), max_tokens)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, with [CLS]/[SEP]; a text over `max_tokens` is an InvalidRequest."""

@@ -1,0 +1,313 @@
+"""Model weights encrypted at rest, signed, and decrypted only into memory.
+
+Saving: the state dict is serialised to safetensors *bytes*, sealed in an
+envelope (`envelope.encrypt_bytes`) and written as `model.safetensors.enc`
+beside any plain config files; then the folder is signed (`signing`).
+Loading reverses it without a plaintext file ever touching disk: the folder's
+signature and every file's digest are checked first (the bytes decrypted are
+the very bytes hashed), the envelope is opened in memory, and safetensors
+parses the plaintext there (`safetensors.torch.load(bytes)`).
+
+Pickle checkpoints (`.bin`, `.pt`, `.pth`, `.ckpt`, or pickle bytes under
+any name) are refused everywhere: unpickling calls whatever functions the
+file names, so loading one runs its author's code. Safetensors is a JSON
+header and raw tensor bytes: nothing in it can execute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from common.secure.envelope import decrypt_stream, encrypt_bytes, encrypt_file
+from common.secure.errors import FormatError, IntegrityError, UnsafeFormat
+from common.secure.keys import Keyset
+from common.secure.signing import SIGNATURE_FILE, SigningKey, VerifyKey, read_verified, sign_folder
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS_FILE = "model.safetensors.enc"
+ENCRYPTED_SUFFIX = ".enc"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+CONFIG_FILE = "config.json"
+
+
+def refuse_pickle(name: str, head: bytes = b"") -> None:
+    """UnsafeFormat if `name` (or its first bytes, `head`) is a pickle checkpoint; explains why."""
+    why = (
+        "unpickling runs code named inside the file, so loading it would run whatever its author wrote; "
+        "convert it to safetensors (safetensors.torch.save_file) in a sandbox you trust, then load that"
+    )
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeFormat(f"{name} is a pickle checkpoint by its name: {why}")
+    if _is_pickle(head):
+        raise UnsafeFormat(f"{name} holds pickle data (or is a zip, as torch.save writes them): {why}")
+
+
+def _is_pickle(head: bytes) -> bool:
+    # protocol 2+ pickles start with PROTO (0x80) and the protocol number; torch.save's zip holds data.pkl
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    if head[:4] == b"PK\x03\x04":
+        import io
+
+        with contextlib.suppress(zipfile.BadZipFile, ValueError):
+            return any(n.endswith(".pkl") for n in zipfile.ZipFile(io.BytesIO(head)).namelist())
+        return True  # a zip we cannot read is not safetensors either
+    return False
+
+
+_DTYPES = {  # safetensors dtype names -> torch dtype names (looked up lazily: torch loads late)
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "U16": "uint16", "U32": "uint32", "U64": "uint64",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
+}  # fmt: skip
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def _parse_safetensors(plain: bytearray, name: str) -> dict[str, torch.Tensor]:
+    """Tensors over the decrypted buffer itself (no copy), checked as strictly as safetensors checks.
+
+    Why not `safetensors.torch.load(bytes)`: it takes `bytes`, so the plaintext would be
+    copied twice more (bytearray -> bytes -> tensors), and a fresh copy of a large model
+    costs about as much as decrypting it. The tensors keep the buffer alive; a test
+    holds this parser equal to safetensors.torch.load.
+    """
+    import torch
+
+    refuse_pickle(name.removesuffix(ENCRYPTED_SUFFIX), bytes(plain[:64] if plain[:2] != b"PK" else plain))
+
+    if sys.byteorder != "little":  # safetensors is little-endian; let the library swap bytes
+        import safetensors.torch
+
+        return safetensors.torch.load(bytes(plain))
+
+    def bad(why: str) -> FormatError:
+        return FormatError(f"{name} decrypted to bytes that are not valid safetensors: {why}")
+
+    if len(plain) < 8:
+        raise bad(f"{len(plain)} bytes is shorter than the 8-byte header length")
+    n = int.from_bytes(plain[:8], "little")
+    if n > min(MAX_HEADER, len(plain) - 8):
+        raise bad(f"header length {n} exceeds the data")
+    try:
+        header = json.loads(bytes(plain[8 : 8 + n]))
+    except (UnicodeDecodeError, ValueError):
+        raise bad("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    start, body = 8 + n, len(plain) - 8 - n
+    tensors, spans = {}, []
+    for key, info in header.items():
+        try:
+            dtype = getattr(torch, _DTYPES[info["dtype"]])
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {key!r} has a missing, unknown or malformed dtype, shape or data_offsets") from None
+        numel = math.prod(shape)
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= body or end - begin != numel * dtype.itemsize:
+            raise bad(f"tensor {key!r}: shape {shape} of {info['dtype']} does not match bytes {begin}..{end}")
+        spans.append((begin, end, key))
+        if numel == 0:
+            tensors[key] = torch.empty(shape, dtype=dtype)
+        else:
+            tensors[key] = torch.frombuffer(plain, dtype=dtype, count=numel, offset=start + begin).view(shape)
+    covered = 0
+    for begin, end, key in sorted(spans):
+        if begin != covered:
+            raise bad(f"tensor {key!r} starts at {begin}, expected {covered}: gaps and overlaps are not allowed")
+        covered = end
+    if covered != body:
+        raise bad(f"the tensors cover {covered} of {body} data bytes")
+    return tensors
+
+
+def save_encrypted(
+    state_dict: Mapping[str, torch.Tensor],
+    folder: str | os.PathLike[str],
+    keyset: Keyset,
+    signing_key: SigningKey,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `folder/model.safetensors.enc` (+ `config.json` if given) and sign the folder; returns the artifact.
+
+    The plaintext safetensors exist only as bytes in this process, never as a file.
+    """
+    import safetensors.torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = safetensors.torch.save(dict(state_dict))
+    artifact = folder / WEIGHTS_FILE
+    _write_new(artifact, encrypt_bytes(plain, keyset))
+    if config is not None:
+        _write_new(folder / CONFIG_FILE, json.dumps(dict(config), indent=2, sort_keys=True).encode())
+    sign_folder(folder, signing_key)
+    return artifact
+
+
+class _MemoryWriter:
+    """The `dst` of `decrypt_stream`: authenticated chunks land in one preallocated buffer, in memory only."""
+
+    def __init__(self, capacity: int):
+        self.buffer = bytearray(capacity)
+        self._view = memoryview(self.buffer)
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        if self.size + n > len(self.buffer):
+            raise IntegrityError("an envelope decrypted to more bytes than it holds")
+        self._view[self.size : self.size + n] = data
+        self.size += n
+        return n
+
+    def finish(self) -> bytearray:
+        self._view.release()
+        del self.buffer[self.size :]  # shrinks in place: no copy
+        return self.buffer
+
+
+def _decrypt_from(path: Path, keyset: Keyset) -> Callable[[BinaryIO], bytearray]:
+    """A `read_verified` stream consumer: decrypts the envelope as it is read (and hashed) into memory."""
+
+    def consume(reader: BinaryIO) -> bytearray:
+        out = _MemoryWriter(path.stat().st_size)  # an envelope is longer than its plaintext
+        decrypt_stream(reader, out, keyset)
+        return out.finish()
+
+    return consume
+
+
+def _decrypted(folder: Path, keyset: Keyset, public_key: VerifyKey, names: list[str] | None) -> tuple[dict, dict]:
+    """({encrypted name: plaintext}, {other name: bytes}) in one verified pass over the folder."""
+    from common.secure.signing import _signed_manifest
+
+    listed = [f.path for f in _signed_manifest(folder, public_key).files]
+    encrypted = [n for n in listed if n.endswith(ENCRYPTED_SUFFIX)] if names is None else names
+    stream = {n: _decrypt_from(folder / n, keyset) for n in encrypted}
+    plain = [n for n in listed if n not in stream] if names is None else []
+    _, contents = read_verified(folder, public_key, plain, stream=stream)
+    return {n: contents.pop(n) for n in encrypted}, contents
+
+
+def load_encrypted(
+    folder: str | os.PathLike[str], keyset: Keyset, public_key: VerifyKey, *, name: str = WEIGHTS_FILE
+) -> dict[str, torch.Tensor]:
+    """The state dict, after the folder's signature and digests check out; decrypted in memory only.
+
+    One pass reads the artifact: each chunk is hashed and decrypted as it arrives, and the
+    plaintext is parsed only after the whole file's digest matched the signed manifest.
+    """
+    decrypted, _ = _decrypted(Path(folder), keyset, public_key, [name])
+    return _parse_safetensors(decrypted[name], name)
+
+
+@dataclass
+class DecryptedModel:
+    """A verified model folder in memory: its config, its weights, and its other (plain, signed) files."""
+
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    files: dict[str, bytes] = field(repr=False)  # e.g. tokenizer.json, by path relative to the folder
+
+    def __repr__(self) -> str:
+        return f"DecryptedModel({len(self.state_dict)} tensors, files={sorted(self.files)})"
+
+
+def encrypt_model_folder(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], keyset: Keyset, signing_key: SigningKey
+) -> Path:
+    """An encrypted, signed copy of a Hugging Face folder: `*.safetensors` become `*.safetensors.enc`,
+    config and tokenizer files are copied as they are (public, but signed, so not alterable).
+
+    Refuses pickle checkpoints rather than copy or drop them; `dst` appears complete or not at all.
+    """
+    src, dst = Path(src), Path(dst)
+    if not (src / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{src} is not a Hugging Face model folder: {CONFIG_FILE} is missing")
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; encrypt into a new folder")
+    files = sorted(p for p in src.rglob("*") if p.is_file() or p.is_symlink())
+    for path in files:
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link: copy the file it points to into the folder")
+        with open(path, "rb") as f:
+            refuse_pickle(str(path.relative_to(src)), f.read(64))
+    if not any(p.name.endswith(".safetensors") for p in files):
+        raise FileNotFoundError(f"{src} has no .safetensors weights to encrypt")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial"))
+    try:
+        for path in files:
+            rel = path.relative_to(src)
+            if rel.as_posix() == SIGNATURE_FILE:
+                continue  # a signature of the plain folder; the copy gets its own
+            out = staging / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if path.name.endswith(".safetensors"):
+                encrypt_file(path, out.with_name(out.name + ENCRYPTED_SUFFIX), keyset)
+            else:
+                shutil.copyfile(path, out, follow_symlinks=False)
+        sign_folder(staging, signing_key)
+        staging.rename(dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dst
+
+
+def load_model_folder(folder: str | os.PathLike[str], keyset: Keyset, public_key: VerifyKey) -> DecryptedModel:
+    """Everything a model needs, from an `encrypt_model_folder` copy: verified, then decrypted in memory.
+
+    Every file is read once, hashed, and handed on from memory, so nothing is
+    re-read from disk after the check.
+    """
+    folder = Path(folder)
+    decrypted, contents = _decrypted(folder, keyset, public_key, None)
+    state_dict: dict[str, torch.Tensor] = {}
+    for name in sorted(decrypted):
+        if not name.endswith(".safetensors" + ENCRYPTED_SUFFIX):
+            raise UnsafeFormat(f"{name}: only encrypted safetensors are loaded from an encrypted model folder")
+        state_dict.update(_parse_safetensors(decrypted.pop(name), name))
+    files: dict[str, bytes] = {}
+    for name in sorted(contents):
+        data = bytes(contents.pop(name))
+        refuse_pickle(name, data[:64])
+        if name.endswith(".safetensors"):
+            raise UnsafeFormat(f"{name} is plaintext weights in an encrypted model folder")
+        files[name] = data
+    if not state_dict:
+        raise FileNotFoundError(f"{folder} has no encrypted weights (*.safetensors.enc)")
+    try:
+        config = json.loads(files[CONFIG_FILE])
+    except KeyError:
+        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}") from None
+    return DecryptedModel(config, state_dict, files)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write beside `path` and rename: a crash leaves the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
