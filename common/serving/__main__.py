@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from common.secure.errors import TLSMaterialError
+from common.device import set_thread_count
+from common.engine import Engine, build_engine
+from common.secure.errors import SecureError, TLSMaterialError
 from common.secure.tls import server_context
 from common.serving.app import create_app
 from common.serving.settings import ServingSettings
 from common.serving.tls_identity import http_protocol
+
+log = logging.getLogger("common.serving")
 
 
 class CliSettings(ServingSettings):
@@ -28,6 +33,33 @@ class CliSettings(ServingSettings):
         cli_kebab_case=True,
         cli_prog_name="python -m common.serving",
         cli_exit_on_error=True,
+    )
+
+
+def encrypted_engine(settings: ServingSettings) -> Engine:
+    """The engine over an encrypted, signed model folder: verified, decrypted into memory, never to disk.
+
+    Built here, before serving, because the app's own loader reads plain folders only.
+    """
+    from common.engine.embedding import EmbeddingCodec, sentence_encoder_from_memory
+    from common.secure.keys import Keyset
+    from common.secure.signing import load_public_key
+    from common.secure.weights import load_model_folder
+
+    if not (settings.encrypted_model and settings.keyset_dir and settings.keyset_password):
+        raise ValueError("encrypted_engine needs encrypted_model, keyset_dir and keyset_password")
+    keyset = Keyset.load(settings.keyset_dir, settings.keyset_password.get_secret_value().encode())
+    public_key = load_public_key(settings.signing_public_key) if settings.signing_public_key else keyset.verify_key()
+    model = load_model_folder(settings.encrypted_model, keyset, public_key)
+    if settings.threads:
+        set_thread_count(settings.threads)
+    return build_engine(
+        sentence_encoder_from_memory(model.config, model.state_dict, name=settings.model_name),
+        EmbeddingCodec.from_files(model.files, max_tokens=settings.max_tokens),
+        runtime=settings.runtime,
+        device=settings.device,
+        precision=settings.precision,
+        workers=settings.model_copies,
     )
 
 
@@ -44,14 +76,22 @@ def main(argv: list[str] | None = None) -> None:
         except TLSMaterialError as exc:
             sys.exit(f"python -m common.serving: cannot serve mutual TLS: {exc}")
         tls = {"http": http_protocol(), "ssl_context_factory": lambda config, default: context}
-    # one line per start: every setting (none is secret) and the URL; request bodies are never logged
+    engine = None
+    if settings.encrypted_model:
+        started = time.perf_counter()
+        try:
+            engine = encrypted_engine(settings)
+        except (SecureError, OSError) as exc:
+            sys.exit(f"python -m common.serving: cannot load the encrypted model: {type(exc).__name__}: {exc}")
+        log.info(
+            "verified and decrypted %s in memory in %.2f s", settings.encrypted_model, time.perf_counter() - started
+        )
+    # one line per start: every setting (the keyset password shows as ****) and the URL; bodies are never logged
     shown = " ".join(f"{k}={v}" for k, v in settings.model_dump().items())
     scheme = "https" if tls else "http"  # https here always means mutual TLS
-    logging.getLogger("common.serving").info(
-        "serving on %s://%s:%d with %s", scheme, settings.host, settings.port, shown
-    )
+    log.info("serving on %s://%s:%d with %s", scheme, settings.host, settings.port, shown)
     uvicorn.run(
-        create_app(ServingSettings(**settings.model_dump())),
+        create_app(ServingSettings(**settings.model_dump()), engine=engine),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.engine.embedding import MINILM_MAX_TOKENS, MINILM_NAME
@@ -45,6 +45,15 @@ class ServingSettings(BaseSettings):
     allowed_clients: list[str] = Field(
         default_factory=list, description="client identities (e.g. spiffe://hpai/client) allowed to call; others 403"
     )
+    # encrypted weights: a folder made by common.secure.weights.encrypt_model_folder, verified then decrypted in memory
+    encrypted_model: str | None = Field(None, description="encrypted, signed model folder (instead of model_path)")
+    keyset_dir: str | None = Field(None, description="keyset folder whose keys unwrap the encrypted model's data key")
+    keyset_password: SecretStr | None = Field(
+        None, description="keyset password: set HPAI_KEYSET_PASSWORD (a flag would show in ps)"
+    )
+    signing_public_key: str | None = Field(
+        None, description="PEM public key the model must be signed by (default: the keyset's own signing key)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:
@@ -58,6 +67,12 @@ class ServingSettings(BaseSettings):
             raise ValueError("mutual TLS is on but allowed_clients is empty: list the client identities to serve")
         if self.allowed_clients and not self.tls_enabled:
             raise ValueError("allowed_clients needs mutual TLS (tls_cert, tls_key, tls_ca): without it no identity")
+        if self.encrypted_model and self.model_path:
+            raise ValueError("give model_path or encrypted_model, not both")
+        if self.encrypted_model and not (self.keyset_dir and self.keyset_password):
+            raise ValueError("encrypted_model needs keyset_dir and keyset_password (HPAI_KEYSET_PASSWORD)")
+        if (self.keyset_dir or self.signing_public_key) and not self.encrypted_model:
+            raise ValueError("keyset_dir and signing_public_key are only used with encrypted_model")
         return self
 
     @property
