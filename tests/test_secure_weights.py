@@ -472,3 +472,21 @@ def test_cli_serves_the_encrypted_model(
     assert r.status_code == 200, r.text
     served = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
     np.testing.assert_allclose(served, plain_embeddings, atol=1e-5)
+
+
+def test_sharded_folder_merges_shards_and_refuses_repeats(tmp_path: Path, keyset: Keyset) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"model_type": "bert"}')
+    sd = state_dict(5)
+    names = sorted(sd)
+    safetensors.torch.save_file({k: sd[k] for k in names[:4]}, src / "model-00001-of-00002.safetensors")
+    safetensors.torch.save_file({k: sd[k] for k in names[4:]}, src / "model-00002-of-00002.safetensors")
+    encrypt_model_folder(src, tmp_path / "enc", keyset, keyset.signing_key())
+    model = load_model_folder(tmp_path / "enc", keyset, keyset.verify_key())
+    assert_same(model.state_dict, sd)
+    assert model.config == {"model_type": "bert"} and list(model.files) == ["config.json"]
+    safetensors.torch.save_file({names[0]: sd[names[0]]}, src / "model-extra.safetensors")
+    encrypt_model_folder(src, tmp_path / "enc2", keyset, keyset.signing_key())
+    with pytest.raises(FormatError, match="repeats tensors of another weights file"):
+        load_model_folder(tmp_path / "enc2", keyset, keyset.verify_key())

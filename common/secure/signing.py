@@ -243,8 +243,9 @@ def sign_folder(folder: str | os.PathLike[str], private_key: SigningKey) -> Path
     return out
 
 
-def _signed_manifest(folder: Path, public_key: VerifyKey) -> Manifest:
-    """The manifest of `folder/model.sig`, once its signature checks out under `public_key`."""
+def signed_manifest(folder: str | os.PathLike[str], public_key: VerifyKey) -> Manifest:
+    """The manifest of `folder/model.sig`, once its signature checks out; the files are not checked here."""
+    folder = Path(folder)
     algorithm = signature_algorithm(public_key)
     try:
         signed = json.loads((folder / SIGNATURE_FILE).read_bytes())
@@ -360,7 +361,7 @@ def _check_folder(
 def verify_folder(folder: str | os.PathLike[str], public_key: VerifyKey) -> Manifest:
     """The signed manifest, once the signature and every file check out; SignatureMismatch names what did not."""
     folder = Path(folder)
-    manifest = _signed_manifest(folder, public_key)
+    manifest = signed_manifest(folder, public_key)
     _check_folder(folder, manifest, (), {})
     return manifest
 
@@ -380,7 +381,7 @@ def read_verified(
     """
     folder = Path(folder)
     stream = dict(stream or {})
-    manifest = _signed_manifest(folder, public_key)
+    manifest = signed_manifest(folder, public_key)
     if names is None:
         names = [f.path for f in manifest.files if f.path not in stream]
     unknown = [n for n in [*names, *stream] if manifest.get(n) is None]

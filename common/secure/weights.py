@@ -4,9 +4,10 @@ Saving: the state dict is serialised to safetensors *bytes*, sealed in an
 envelope (`envelope.encrypt_bytes`) and written as `model.safetensors.enc`
 beside any plain config files; then the folder is signed (`signing`).
 Loading reverses it without a plaintext file ever touching disk: the folder's
-signature and every file's digest are checked first (the bytes decrypted are
-the very bytes hashed), the envelope is opened in memory, and safetensors
-parses the plaintext there (`safetensors.torch.load(bytes)`).
+signature and every file's digest are checked (the bytes decrypted are the
+very bytes hashed, in one pass), the envelope is opened into anonymous memory,
+and the tensors are views of that memory, parsed by a strict safetensors
+reader that the tests hold equal to `safetensors.torch.load`.
 
 Pickle checkpoints (`.bin`, `.pt`, `.pth`, `.ckpt`, or pickle bytes under
 any name) are refused everywhere: unpickling calls whatever functions the
@@ -33,7 +34,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from common.secure.envelope import decrypt_stream, encrypt_bytes, encrypt_file
 from common.secure.errors import FormatError, IntegrityError, UnsafeFormat
 from common.secure.keys import Keyset
-from common.secure.signing import SIGNATURE_FILE, SigningKey, VerifyKey, read_verified, sign_folder
+from common.secure.signing import (
+    SIGNATURE_FILE,
+    SigningKey,
+    VerifyKey,
+    read_verified,
+    sign_folder,
+    signed_manifest,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -206,9 +214,7 @@ def _decrypt_from(path: Path, keyset: Keyset) -> Callable[[BinaryIO], memoryview
 
 def _decrypted(folder: Path, keyset: Keyset, public_key: VerifyKey, names: list[str] | None) -> tuple[dict, dict]:
     """({encrypted name: plaintext}, {other name: bytes}) in one verified pass over the folder."""
-    from common.secure.signing import _signed_manifest
-
-    listed = [f.path for f in _signed_manifest(folder, public_key).files]
+    listed = [f.path for f in signed_manifest(folder, public_key).files]
     encrypted = [n for n in listed if n.endswith(ENCRYPTED_SUFFIX)] if names is None else names
     stream = {n: _decrypt_from(folder / n, keyset) for n in encrypted}
     plain = [n for n in listed if n not in stream] if names is None else []
@@ -294,7 +300,10 @@ def load_model_folder(folder: str | os.PathLike[str], keyset: Keyset, public_key
     for name in sorted(decrypted):
         if not name.endswith(".safetensors" + ENCRYPTED_SUFFIX):
             raise UnsafeFormat(f"{name}: only encrypted safetensors are loaded from an encrypted model folder")
-        state_dict.update(_parse_safetensors(decrypted.pop(name), name))
+        tensors = _parse_safetensors(decrypted.pop(name), name)
+        if repeated := sorted(tensors.keys() & state_dict.keys()):
+            raise FormatError(f"{name} repeats tensors of another weights file: {', '.join(repeated[:5])}")
+        state_dict.update(tensors)
     files: dict[str, bytes] = {}
     for name in sorted(contents):
         data = bytes(contents.pop(name))
