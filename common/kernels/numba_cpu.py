@@ -56,6 +56,21 @@ _REDUCE = {"reassoc", "contract"}  # see the module docstring: sums only
 _ELEMENTS_PER_TASK = 1 << 14  # elementwise ops: one prange task per 64 KiB of float32
 
 
+def _output(out: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    """A fresh result array, or the caller's `out` once checked: writing into a warm buffer skips the page
+    faults of fresh memory, which on large arrays cost as much as the kernel itself."""
+    if out is None:
+        return np.empty(x.shape, x.dtype)
+    if out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(
+            f"out must be a writeable C-contiguous {x.dtype} array of shape {x.shape}, "
+            f"got {out.dtype} {out.shape} (contiguous={out.flags.c_contiguous}, writeable={out.flags.writeable})"
+        )
+    if np.shares_memory(out, x):
+        raise ValueError("out must not overlap the input: the kernels read rows after writing others")
+    return out
+
+
 def _rows(x: np.ndarray) -> np.ndarray:
     """x as contiguous (rows, n): every kernel walks the last axis with unit stride."""
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
@@ -255,12 +270,12 @@ def _softmax_kernel(x, out):  # pragma: no cover - compiled
         _scale(out[i], 1.0 / total)
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """Softmax over the last axis: max pass, exp-and-sum pass writing y, scale pass on y (in cache)."""
     rows = _rows(x)
-    out = np.empty_like(rows)
-    _softmax_kernel(rows, out)
-    return out.reshape(x.shape)
+    result = _output(out, x)
+    _softmax_kernel(rows, result.reshape(rows.shape))
+    return result
 
 
 # --- layernorm -------------------------------------------------------------
@@ -303,12 +318,15 @@ def _layernorm_kernel(x, weight, bias, eps, out):  # pragma: no cover - compiled
         _normalise(x[i], x0 + mean_d, 1.0 / np.sqrt(var + eps), weight, bias, out[i])
 
 
-def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+def layernorm(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """LayerNorm over the last axis: moments in one pass (float64 sums), normalise in a second, from cache."""
     rows = _rows(x)
-    out = np.empty_like(rows)
-    _layernorm_kernel(rows, np.ascontiguousarray(weight), np.ascontiguousarray(bias), float(eps), out)
-    return out.reshape(x.shape)
+    result = _output(out, x)
+    w, b = np.ascontiguousarray(weight), np.ascontiguousarray(bias)
+    _layernorm_kernel(rows, w, b, float(eps), result.reshape(rows.shape))
+    return result
 
 
 # --- gelu and bias_gelu ----------------------------------------------------
@@ -350,20 +368,22 @@ def _bias_gelu_kernel(x, bias, tanh, out):  # pragma: no cover - compiled
         _bias_gelu_span(x[i], bias, out[i], tanh)
 
 
-def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
+def gelu(x: np.ndarray, approximate: str = "none", *, out: np.ndarray | None = None) -> np.ndarray:
     """gelu elementwise over a flat view, split into 64 KiB tasks so even one long row uses every thread."""
     flat = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty_like(flat)
-    _gelu_kernel(flat, approximate == "tanh", out)
-    return out.reshape(x.shape)
+    result = _output(out, x)
+    _gelu_kernel(flat, approximate == "tanh", result.reshape(-1))
+    return result
 
 
-def bias_gelu(x: np.ndarray, bias: np.ndarray, approximate: str = "none") -> np.ndarray:
+def bias_gelu(
+    x: np.ndarray, bias: np.ndarray, approximate: str = "none", *, out: np.ndarray | None = None
+) -> np.ndarray:
     """gelu(x + bias) fused: x + bias lives only in a register, so x is read once and y written once."""
     rows = _rows(x)
-    out = np.empty_like(rows)
-    _bias_gelu_kernel(rows, np.ascontiguousarray(bias), approximate == "tanh", out)
-    return out.reshape(x.shape)
+    result = _output(out, x)
+    _bias_gelu_kernel(rows, np.ascontiguousarray(bias), approximate == "tanh", result.reshape(rows.shape))
+    return result
 
 
 # --- matmul ----------------------------------------------------------------
