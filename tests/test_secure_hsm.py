@@ -18,7 +18,7 @@ from tests.conftest import softhsm_library
 pytestmark = pytest.mark.hsm
 
 PIN, SO_PIN = "user-pin-4F7Q", "so-pin-9K2W"  # distinctive, so a leak into a message or repr is found
-LABEL, PIN_LABEL = "s2-keks", "s2-pin-checks"
+LABEL, PIN_LABEL, TWIN_LABEL = "s2-keks", "s2-pin-checks", "s2-twin"
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,10 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert lib is not None
     before = os.environ.get("SOFTHSM2_CONF")
     directory = tmp_path_factory.mktemp("softhsm")
-    init_softhsm_token(directory, LABEL, PIN, SO_PIN, library=lib)
-    init_softhsm_token(directory, PIN_LABEL, PIN, SO_PIN, library=lib)
+    init_softhsm_token(directory, LABEL, PIN, SO_PIN)
+    init_softhsm_token(directory, PIN_LABEL, PIN, SO_PIN)
+    init_softhsm_token(directory, TWIN_LABEL, PIN, SO_PIN)
+    init_softhsm_token(directory, TWIN_LABEL, PIN, SO_PIN, library=lib)  # tokens made, now the library sees them
     yield lib
     if before is None:
         os.environ.pop("SOFTHSM2_CONF", None)
@@ -193,3 +195,9 @@ def test_hsm_key_as_keyset_primary_survives_reload(tmp_path: Path, token: HSMTok
     again = Keyset.load(tmp_path / "keys", b"keyset-password", providers={PROVIDER: provider_loader(token)})
     assert again.primary.key_id == kek.key_id
     assert decrypt_bytes(blob, again) == b"weights" * 1000
+
+
+def test_two_tokens_with_one_label_are_refused(library: str) -> None:
+    """Which token holds the keys must never be a guess."""
+    with pytest.raises(HSMError, match=r"several tokens .* are labelled 's2-twin'"):
+        open_token(library, TWIN_LABEL, PIN)

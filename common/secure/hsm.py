@@ -181,6 +181,8 @@ def open_token(library: str | Path, label: str, pin: str) -> HSMToken:
         labels = sorted(t.label for t in lib.get_tokens() if t.label)
         hint = f" (SOFTHSM2_CONF={os.environ['SOFTHSM2_CONF']})" if "SOFTHSM2_CONF" in os.environ else ""
         raise HSMError(f"no token labelled {label!r} in {library}{hint}; tokens present: {labels}") from None
+    except pkcs11.MultipleTokensReturned:
+        raise HSMError(f"several tokens in {library} are labelled {label!r}: labels must be unique") from None
     except pkcs11.PKCS11Error as exc:
         raise HSMError(f"cannot list the tokens of {library}: {type(exc).__name__}") from None
     try:
