@@ -201,3 +201,17 @@ def test_two_tokens_with_one_label_are_refused(library: str) -> None:
     """Which token holds the keys must never be a guess."""
     with pytest.raises(HSMError, match=r"several tokens .* are labelled 's2-twin'"):
         open_token(library, TWIN_LABEL, PIN)
+
+
+def test_threads_share_one_token_safely(token: HSMToken) -> None:
+    """A PKCS#11 session is not thread-safe; the token's lock makes concurrent wraps and unwraps correct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kek = new_kek(token)
+
+    def round_trip(i: int) -> bool:
+        data_key = os.urandom(32)
+        return all(kek.unwrap(kek.wrap(data_key)) == data_key for _ in range(20))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(round_trip, range(8)))
