@@ -286,6 +286,7 @@ class _Clients:
         self._clients: list[httpx.AsyncClient] = [] if given is None else [given]
         self._busy: list[int] = [0] * self._count
         self._tls: ssl.SSLContext | None = None
+        self._get(0)  # made now, before any clock starts: the TLS context alone takes milliseconds
 
     def _get(self, i: int) -> httpx.AsyncClient:
         while len(self._clients) <= i:
