@@ -12,7 +12,7 @@ writing into a warm buffer (`out=`): that row is the kernel's own bandwidth, and
 bandwidth target is read from it; the end-to-end rows are what a caller sees.
 Matmul is judged by GFLOP/s
 against the measured fp32 matmul rate. Attention: naive vs flash (Numba), time and
-extra memory (tracemalloc) vs sequence length.
+extra memory (tracemalloc peak beyond the output) vs sequence length.
 
 Every Numba/torch pair is timed interleaved (`common.bench.compare`), and the
 targets are ratios from this run: fused memory-bound ops >= 1.0x torch and >= 60%
@@ -138,7 +138,8 @@ def attention(quick: bool) -> list[dict[str, Any]]:
             _, memory = bench.measure_memory(call)
             t = bench.measure(call, repeat=3, number=1)
             row[f"{algorithm}_ms"] = t.median * 1e3
-            row[f"{algorithm}_extra_mib"] = memory.traced_peak_bytes / 2**20
+            # the output is needed either way: extra memory is what the algorithm allocates besides it
+            row[f"{algorithm}_extra_mib"] = (memory.traced_peak_bytes - q.nbytes // HEAD_DIM * v.shape[-1]) / 2**20
         tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
         sdpa = partial(torch.nn.functional.scaled_dot_product_attention, tq, tk, tv)
         t = bench.measure(sdpa, repeat=3, number=1)
@@ -169,9 +170,9 @@ def targets(mem: list[dict[str, Any]], att: list[dict[str, Any]]) -> list[dict[s
     n_ratio = last["seq"] / first["seq"]
     out.append(
         {
-            "target": "flash extra memory growth / sequence growth (flat or linear: <= 1)",
-            "value": last["flash_extra_mib"] / max(first["flash_extra_mib"], 1e-9) / n_ratio,
-            "at_most": 1.0,
+            "target": f"flash extra memory at N={last['seq']} / at N={first['seq']} (flat: about 1)",
+            "value": last["flash_extra_mib"] / max(first["flash_extra_mib"], 1e-9),
+            "at_most": 1.5,
         }
     )
     out.append(
