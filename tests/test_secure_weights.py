@@ -420,18 +420,17 @@ def test_settings_need_keys_and_hide_the_password(keys: Path) -> None:
 def test_app_serves_the_encrypted_model(
     encrypted_minilm: Path, keys: Path, plain_embeddings: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The server's own path (`encrypted_engine`, from settings as `python -m common.serving` builds them)."""
+    """`create_app(settings)` alone loads the encrypted model in its background load: never the plain one."""
     import time
 
     from fastapi.testclient import TestClient
 
-    from common.serving.__main__ import encrypted_engine
     from common.serving.app import create_app
     from common.serving.settings import ServingSettings
 
     monkeypatch.setenv("HPAI_KEYSET_PASSWORD", PASSWORD.decode())
     settings = ServingSettings(encrypted_model=str(encrypted_minilm), keyset_dir=str(keys), device="cpu")
-    with TestClient(create_app(settings, engine=encrypted_engine(settings))) as client:
+    with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 60
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "never ready"

@@ -14,11 +14,10 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from common.device import set_thread_count
-from common.engine import Engine, build_engine
 from common.secure.errors import SecureError, TLSMaterialError
 from common.secure.tls import server_context
 from common.serving.app import create_app
+from common.serving.encrypted import encrypted_engine
 from common.serving.settings import ServingSettings
 from common.serving.tls_identity import http_protocol
 
@@ -36,33 +35,6 @@ class CliSettings(ServingSettings):
     )
 
 
-def encrypted_engine(settings: ServingSettings) -> Engine:
-    """The engine over an encrypted, signed model folder: verified, decrypted into memory, never to disk.
-
-    Built here, before serving, because the app's own loader reads plain folders only.
-    """
-    from common.engine.embedding import EmbeddingCodec, sentence_encoder_from_memory
-    from common.secure.keys import Keyset
-    from common.secure.signing import load_public_key
-    from common.secure.weights import load_model_folder
-
-    if not (settings.encrypted_model and settings.keyset_dir and settings.keyset_password):
-        raise ValueError("encrypted_engine needs encrypted_model, keyset_dir and keyset_password")
-    keyset = Keyset.load(settings.keyset_dir, settings.keyset_password.get_secret_value().encode())
-    public_key = load_public_key(settings.signing_public_key) if settings.signing_public_key else keyset.verify_key()
-    model = load_model_folder(settings.encrypted_model, keyset, public_key)
-    if settings.threads:
-        set_thread_count(settings.threads)
-    return build_engine(
-        sentence_encoder_from_memory(model.config, model.state_dict, name=settings.model_name),
-        EmbeddingCodec.from_files(model.files, max_tokens=settings.max_tokens),
-        runtime=settings.runtime,
-        device=settings.device,
-        precision=settings.precision,
-        workers=settings.model_copies,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = CliSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
@@ -77,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"python -m common.serving: cannot serve mutual TLS: {exc}")
         tls = {"http": http_protocol(), "ssl_context_factory": lambda config, default: context}
     engine = None
-    if settings.encrypted_model:
+    if settings.encrypted_model:  # decrypted before serving, so a bad key or signature stops the start
         started = time.perf_counter()
         try:
             engine = encrypted_engine(settings)

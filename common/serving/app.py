@@ -99,6 +99,10 @@ class _State:
 
     def build_engine(self) -> Engine:
         s = self.settings
+        if s.encrypted_model:  # never fall back to the plain packaged model
+            from common.serving.encrypted import encrypted_engine
+
+            return encrypted_engine(s)
         if s.threads:
             set_thread_count(s.threads)
         codec = EmbeddingCodec.from_folder(s.model_path, max_tokens=s.max_tokens)
