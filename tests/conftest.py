@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
-import glob
 import os
 
 import pytest
@@ -19,12 +17,12 @@ if not HAS_CUDA:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-SOFTHSM_PATHS = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
-
 
 def softhsm_library() -> str | None:
-    found = [p for p in SOFTHSM_PATHS if os.path.exists(p)] + glob.glob("/usr/lib/*/softhsm/libsofthsm2.so")
-    return found[0] if found else ctypes.util.find_library("softhsm2")
+    """SoftHSM2's library, found the way notebooks find it (common.secure.hsm)."""
+    from common.secure.hsm import softhsm_library as find
+
+    return find()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

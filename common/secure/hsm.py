@@ -255,6 +255,19 @@ def provider_loader(token: HSMToken) -> Callable[[Mapping[str, Any]], HSMKey]:
     return load
 
 
+SOFTHSM_PATHS = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+
+
+def softhsm_library() -> str | None:
+    """SoftHSM2's PKCS#11 library if it and its token tool are installed (Debian package softhsm2), else None."""
+    import ctypes.util
+    import glob
+
+    found = [p for p in SOFTHSM_PATHS if os.path.exists(p)] + sorted(glob.glob("/usr/lib/*/softhsm/libsofthsm2.so"))
+    library = found[0] if found else ctypes.util.find_library("softhsm2")
+    return library if library and shutil.which("softhsm2-util") else None
+
+
 def init_softhsm_token(
     directory: str | Path, label: str, pin: str, so_pin: str, library: str | Path | None = None
 ) -> Path:
