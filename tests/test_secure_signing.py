@@ -222,3 +222,109 @@ def test_keyset_signing_key_signs_and_verifies(tmp_path: Path, folder: Path) -> 
     keyset = Keyset.generate(tmp_path / "keys", b"keyset-password")
     sign_folder(folder, keyset.signing_key())
     assert verify_folder(folder, keyset.verify_key()).signature_algorithm == "ECDSA-P256-SHA256"
+
+
+# -- streamed reads: the SHA-256 follows the consumer on a second thread ----------------------------------------------
+def _hashing_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "sha256-follower"]
+
+
+@pytest.fixture
+def small_ring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 4 KiB in a ring of 4: the 300 kB file wraps the ring many times."""
+    from common.secure import signing
+
+    monkeypatch.setattr(signing, "BLOCK_SIZE", 4096)
+    monkeypatch.setattr(signing, "RING_BLOCKS", 4)
+
+
+def _copy(reader, chunk: int = 1000) -> bytes:
+    out = bytearray()
+    buf = bytearray(chunk)
+    while n := reader.readinto(buf):
+        out += buf[:n]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("ring", ["default", "small"])
+def test_streamed_file_is_the_bytes_hashed(folder: Path, key, ring: str, request: pytest.FixtureRequest) -> None:
+    if ring == "small":
+        request.getfixturevalue("small_ring")
+    sign_folder(folder, key)
+    _, got = read_verified(folder, key.public_key(), [], stream={"model.safetensors": _copy})
+    assert got == {"model.safetensors": FILES["model.safetensors"]}
+    _, got = read_verified(folder, key.public_key(), [], stream={"model.safetensors": lambda r: r.read(10) + r.read()})
+    assert got == {"model.safetensors": FILES["model.safetensors"]}
+    assert _hashing_threads() == []
+
+
+@pytest.mark.parametrize("where", [0, 5000, 150_000, 299_999])
+def test_a_tampered_block_of_a_streamed_file_is_caught_and_named(folder: Path, key, small_ring, where: int) -> None:
+    sign_folder(folder, key)
+    data = bytearray(FILES["model.safetensors"])
+    data[where] ^= 1
+    (folder / "model.safetensors").write_bytes(data)
+    seen = []
+    with pytest.raises(SignatureMismatch, match=r"1 differ \(model\.safetensors\)") as err:
+        read_verified(folder, key.public_key(), [], stream={"model.safetensors": lambda r: seen.append(_copy(r))})
+    assert err.value.differs == ("model.safetensors",)
+    assert seen == [bytes(data)]  # it was consumed, but its result was never returned
+    assert _hashing_threads() == []
+
+
+def test_the_unread_rest_of_a_streamed_file_is_hashed_too(folder: Path, key, small_ring) -> None:
+    sign_folder(folder, key)
+    data = bytearray(FILES["model.safetensors"])
+    data[-1] ^= 1
+    (folder / "model.safetensors").write_bytes(data)
+    with pytest.raises(SignatureMismatch, match=r"model\.safetensors"):
+        read_verified(folder, key.public_key(), [], stream={"model.safetensors": lambda r: r.read(100)})
+
+
+def test_a_streamed_file_that_grew_after_the_size_check_differs(folder: Path, key) -> None:
+    sign_folder(folder, key)
+    path = folder / "model.safetensors"
+
+    def grow_then_read(reader):
+        with open(path, "ab") as f:
+            f.write(b"appended")
+        return _copy(reader)
+
+    with pytest.raises(SignatureMismatch, match=r"1 differ \(model\.safetensors\)"):
+        read_verified(folder, key.public_key(), [], stream={"model.safetensors": grow_then_read})
+
+
+class _ConsumerFailed(Exception):
+    pass
+
+
+def _failing(reader):
+    reader.read(5000)
+    raise _ConsumerFailed("the consumer gave up")
+
+
+def test_a_consumer_error_on_a_tampered_file_reports_the_tampering(folder: Path, key, small_ring) -> None:
+    sign_folder(folder, key)
+    data = bytearray(FILES["model.safetensors"])
+    data[200_000] ^= 1
+    (folder / "model.safetensors").write_bytes(data)
+    with pytest.raises(SignatureMismatch, match=r"1 differ \(model\.safetensors\)"):
+        read_verified(folder, key.public_key(), [], stream={"model.safetensors": _failing})
+    assert _hashing_threads() == []
+
+
+def test_a_consumer_error_on_an_intact_file_is_raised_and_the_thread_is_joined(folder: Path, key, small_ring) -> None:
+    sign_folder(folder, key)
+    with pytest.raises(_ConsumerFailed):
+        read_verified(folder, key.public_key(), [], stream={"model.safetensors": _failing})
+    assert _hashing_threads() == []
+
+    def interrupted(reader):
+        reader.read(5000)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        read_verified(folder, key.public_key(), [], stream={"model.safetensors": interrupted})
+    assert _hashing_threads() == []

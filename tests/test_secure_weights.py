@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from common.engine import build_engine
 from common.engine.embedding import EmbeddingCodec, minilm_path, sentence_encoder
-from common.secure.errors import FormatError, KeyNotFound, SignatureMismatch, UnsafeFormat
+from common.secure.errors import FormatError, IntegrityError, KeyNotFound, SignatureMismatch, UnsafeFormat
 from common.secure.keys import Keyset
 from common.secure.signing import SIGNATURE_FILE, generate_signing_key, sign_folder, verify_folder
 from common.secure.weights import (
@@ -489,3 +489,37 @@ def test_sharded_folder_merges_shards_and_refuses_repeats(tmp_path: Path, keyset
     encrypt_model_folder(src, tmp_path / "enc2", keyset, keyset.signing_key())
     with pytest.raises(FormatError, match="repeats tensors of another weights file"):
         load_model_folder(tmp_path / "enc2", keyset, keyset.verify_key())
+
+
+# -- the plaintext buffer -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fallback", [False, True], ids=["populate-ahead", "populate-up-front"])
+def test_plaintext_buffer_is_prefaulted_ahead_of_the_writes(monkeypatch: pytest.MonkeyPatch, fallback: bool) -> None:
+    """Writes of odd sizes cross many populate steps and land exactly; a kernel that refuses
+    MADV_POPULATE_WRITE (simulated by an invalid advice) gets the whole buffer pre-faulted up front."""
+    from common.secure import weights
+
+    monkeypatch.setattr(weights, "POPULATE_STEP", 8192)
+    if fallback:
+        monkeypatch.setattr(weights, "MADV_POPULATE_WRITE", 12345)
+    data = os.urandom(100_003)
+    writer = weights._MemoryWriter(200_000)
+    for start in range(0, len(data), 3001):
+        writer.write(data[start : start + 3001])
+    assert bytes(writer.finish()) == data
+    assert writer._populated == (200_000 if fallback else -(-len(data) // 8192) * 8192)  # only what was needed
+    with pytest.raises(IntegrityError, match="more bytes than it holds"):
+        writer.write(bytes(100_000))
+
+
+def test_a_load_leaves_no_hashing_thread_behind(tmp_path: Path, keyset: Keyset) -> None:
+    import threading
+
+    save_encrypted(state_dict(5), tmp_path / "m", keyset, keyset.signing_key())
+    assert_same(load_encrypted(tmp_path / "m", keyset, keyset.verify_key()), state_dict(5))
+    artifact = tmp_path / "m" / WEIGHTS_FILE
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 1
+    artifact.write_bytes(data)
+    with pytest.raises(SignatureMismatch, match=r"1 differ \(model\.safetensors\.enc\)"):
+        load_encrypted(tmp_path / "m", keyset, keyset.verify_key())
+    assert not [t for t in threading.enumerate() if t.name == "sha256-follower"]

@@ -15,12 +15,16 @@ missing, or is extra: an added file is an attack too (a `.py` a loader may impor
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import json
+import mmap
 import os
+import queue
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,49 +278,145 @@ def signed_manifest(folder: str | os.PathLike[str], public_key: VerifyKey) -> Ma
     return manifest
 
 
-class _HashingReader:
-    """A binary reader that hashes every byte it hands out, so a consumer can stream a file while it is checked.
+BLOCK_SIZE = 4 << 20  # bytes read (and handed to the hashing thread) at a time
+RING_BLOCKS = 4  # blocks in flight: memory stays at 16 MiB whatever the file size
 
-    Hashing inline, on the consumer's thread: a second hashing thread measured slower
-    on 2 busy cores (it costs a copy of every block), and no faster on idle ones.
+
+class _HashingReader:
+    """A binary reader of one file that hashes every byte on a second thread while the consumer reads it.
+
+    The file is read in blocks of BLOCK_SIZE into a ring of RING_BLOCKS private buffers. Each
+    block goes to the hashing thread as a view (hashlib releases the GIL on large buffers, so
+    SHA-256 runs on the other core), and the consumer reads from the same block: the bytes
+    hashed are the very bytes consumed, with no copy for the hash. A block is refilled only
+    after the hashing thread is done with it and the consumer has moved past it. The thread
+    lives only inside `_stream_checked`, which always joins it.
     """
 
-    def __init__(self, raw: BinaryIO):
+    def __init__(self, raw: BinaryIO, expected_size: int):
         self._raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
+        self._ring = memoryview(_private_memory(BLOCK_SIZE * RING_BLOCKS))
+        self._free = threading.Semaphore(RING_BLOCKS)  # blocks the hashing thread is done with
+        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._hash = hashlib.sha256()
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._hash_blocks, name="sha256-follower", daemon=True)
+        self._thread.start()
+        self._expected = expected_size
+        self._next = 0  # ring slot to fill next
+        self._block = memoryview(b"")  # the block being consumed
+        self._pos = 0  # the consumer's position in it
+        self.size = 0  # bytes read from the file so far
+        self._eof = False
+        self._ahead: collections.deque[memoryview] = collections.deque()  # read, not yet consumed
+
+    def _hash_blocks(self) -> None:
+        while (block := self._queue.get()) is not None:
+            if not self._cancelled:
+                self._hash.update(block)
+            self._free.release()
+
+    def _read_ahead(self, wait: bool) -> bool:
+        """Read one more block into the ring for the hashing thread; False at end of file or if no slot is free.
+
+        At most RING_BLOCKS - 1 blocks are read ahead of the one being consumed, so a refilled slot
+        is always one the consumer has left and (the semaphore says) the hashing thread is done with.
+        """
+        if self._eof or len(self._ahead) >= RING_BLOCKS - 1 or not self._free.acquire(blocking=wait):
+            return False
+        slot = self._ring[self._next * BLOCK_SIZE : (self._next + 1) * BLOCK_SIZE]
+        # read up to the expected size, then one byte more: a file that grew must not match
+        want = min(BLOCK_SIZE, max(self._expected - self.size, 1))
+        n = _fill(self._raw, slot[:want])
+        if n == 0:
+            self._free.release()
+            self._eof = True
+            return False
+        self._next = (self._next + 1) % RING_BLOCKS
+        self._queue.put(slot[:n])
+        self.size += n
+        self._ahead.append(slot[:n])
+        return True
+
+    def _read_block(self) -> bool:
+        """Move the consumer to the next block (reading it if need be), then keep the hashing thread fed."""
+        if not self._ahead and not self._read_ahead(wait=True):
+            return False
+        self._block, self._pos = self._ahead.popleft(), 0
+        while self._read_ahead(wait=False):
+            pass
+        return True
 
     def readinto(self, view: Any) -> int:
-        n = self._raw.readinto(view) or 0
-        if n:
-            self.hash.update(memoryview(view)[:n])
-            self.size += n
+        view = memoryview(view).cast("B")
+        if self._pos == len(self._block) and not self._read_block():
+            return 0
+        n = min(len(view), len(self._block) - self._pos)
+        view[:n] = self._block[self._pos : self._pos + n]
+        self._pos += n
         return n
 
     def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if self._pos == len(self._block) and not self._read_block():
+                break
+            take = len(self._block) - self._pos if n < 0 else min(n - len(out), len(self._block) - self._pos)
+            out += self._block[self._pos : self._pos + take]
+            self._pos += take
+        return bytes(out)
 
     def hexdigest(self) -> str:
-        """The digest of the whole file, reading whatever the consumer left unread."""
-        while self.read(1 << 20):
+        """The digest of the whole file, reading whatever the consumer left unread; stops the thread."""
+        while self._read_block():
             pass
-        return self.hash.hexdigest()
+        self.close()
+        return self._hash.hexdigest()
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop and join the hashing thread (at once if `cancel`, else after the blocks queued so far)."""
+        if self._thread.is_alive():
+            self._cancelled = self._cancelled or cancel
+            self._queue.put(None)
+            self._thread.join()
+
+
+def _private_memory(size: int) -> mmap.mmap | bytearray:
+    """Anonymous memory backed by no file, pre-faulted on Linux (one call maps every page)."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if size and populate and hasattr(mmap, "MAP_ANONYMOUS"):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return bytearray(size)
+
+
+def _fill(raw: BinaryIO, view: memoryview) -> int:
+    """Read until `view` is full or the file ends."""
+    total = 0
+    while total < len(view):
+        n = raw.readinto(view[total:])
+        if not n:
+            break
+        total += n
+    return total
 
 
 def _stream_checked(path: Path, entry: FileEntry, consume: Callable[[BinaryIO], Any]) -> tuple[bool, Any]:
-    """(digest and size match, what `consume` returned): one pass over the file feeds both."""
-    with open(path, "rb") as raw:
-        reader = _HashingReader(raw)  # type: ignore[arg-type]
+    """(digest and size match, what `consume` returned): one pass over the file feeds both.
+
+    The hashing thread never outlives this call; the digest is compared before anything is returned.
+    """
+    with open(path, "rb", buffering=0) as raw:
+        reader = _HashingReader(raw, entry.size)  # type: ignore[arg-type]
         try:
-            result = consume(reader)  # type: ignore[arg-type]
-        except Exception:
-            if reader.hexdigest() != entry.sha256 or reader.size != entry.size:
-                return False, None  # the file was altered: that, not the consumer's error, is the cause
-            raise
-        return reader.hexdigest() == entry.sha256 and reader.size == entry.size, result
+            try:
+                result = consume(reader)  # type: ignore[arg-type]
+            except Exception:
+                if reader.hexdigest() != entry.sha256 or reader.size != entry.size:
+                    return False, None  # the file was altered: that, not the consumer's error, is the cause
+                raise
+            return reader.hexdigest() == entry.sha256 and reader.size == entry.size, result
+        finally:
+            reader.close(cancel=True)
 
 
 def _check_folder(

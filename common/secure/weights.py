@@ -169,31 +169,64 @@ def save_encrypted(
     return artifact
 
 
-def _anonymous_memory(size: int) -> mmap.mmap | bytearray:
-    """Fresh memory for a plaintext: anonymous (backed by no file) and, on Linux, pre-faulted.
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+; Python 3.11's mmap lacks the name
+POPULATE_STEP = 8 << 20
+HUGE_PAGES = True  # ask for transparent huge pages for a plaintext buffer (see _MemoryWriter)
+
+
+def _anonymous_memory(size: int, *, populate: bool = True) -> mmap.mmap | bytearray:
+    """Fresh memory for a plaintext: anonymous (backed by no file) and, on Linux, pre-faulted if `populate`.
 
     Why MAP_POPULATE: the kernel maps every page in one call instead of one fault per
     4 KiB page at first write, which measured ~2x faster for the 90 MB MiniLM weights.
     """
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if size and populate and hasattr(mmap, "MAP_ANONYMOUS"):
-        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    flags = getattr(mmap, "MAP_POPULATE", 0) if populate else 0
+    if size and hasattr(mmap, "MAP_ANONYMOUS") and (flags or not populate):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flags)
     return bytearray(size)
 
 
 class _MemoryWriter:
-    """The `dst` of `decrypt_stream`: authenticated chunks land in one preallocated buffer, in memory only."""
+    """The `dst` of `decrypt_stream`: authenticated chunks land in one preallocated buffer, in memory only.
+
+    The buffer is pre-faulted a few MiB ahead of the writes (MADV_POPULATE_WRITE) rather than all at
+    once up front: the same kernel work, but spread over the decryption, so the file's SHA-256 on the
+    other core starts at once instead of waiting for 90 MB of fresh pages. It is also marked for
+    transparent huge pages (MADV_HUGEPAGE, which the kernel may ignore): fresh 4 KiB pages measured
+    ~33 ms for 96 MiB, 2 MiB pages ~8 ms (with the kernel's default `defrag=madvise`, a rare load may
+    wait on compaction instead). Where the kernel lacks MADV_POPULATE_WRITE, the whole buffer is
+    pre-faulted at the start (MAP_POPULATE), as before.
+    """
 
     def __init__(self, capacity: int):
-        self._view = memoryview(_anonymous_memory(capacity))
+        memory = _anonymous_memory(capacity, populate=False)
+        self._populated = 0 if isinstance(memory, mmap.mmap) else capacity
+        if self._populated < capacity:
+            try:
+                if HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE"):
+                    with contextlib.suppress(OSError):  # a kernel without THP: 4 KiB pages, still correct
+                        memory.madvise(mmap.MADV_HUGEPAGE)  # type: ignore[union-attr]
+                memory.madvise(MADV_POPULATE_WRITE, 0, min(POPULATE_STEP, capacity))  # type: ignore[union-attr]
+                self._populated = min(POPULATE_STEP, capacity)
+            except (OSError, ValueError, AttributeError):
+                memory.close()  # type: ignore[union-attr]
+                memory = _anonymous_memory(capacity)
+                self._populated = capacity
+        self._view = memoryview(memory)
+        self._memory = memory
         self.size = 0
 
     def write(self, data: Any) -> int:
         n = len(data)
-        if self.size + n > len(self._view):
+        end = self.size + n
+        if end > len(self._view):
             raise IntegrityError("an envelope decrypted to more bytes than it holds")
-        self._view[self.size : self.size + n] = data
-        self.size += n
+        if end > self._populated:
+            upto = min(-(-end // POPULATE_STEP) * POPULATE_STEP, len(self._view))  # page-aligned steps
+            self._memory.madvise(MADV_POPULATE_WRITE, self._populated, upto - self._populated)  # type: ignore[union-attr]
+            self._populated = upto
+        self._view[self.size : end] = data
+        self.size = end
         return n
 
     def finish(self) -> memoryview:
