@@ -328,3 +328,19 @@ def test_a_consumer_error_on_an_intact_file_is_raised_and_the_thread_is_joined(f
     with pytest.raises(KeyboardInterrupt):
         read_verified(folder, key.public_key(), [], stream={"model.safetensors": interrupted})
     assert _hashing_threads() == []
+
+
+def test_a_failing_hash_thread_fails_the_read_instead_of_hanging(folder: Path, key, small_ring, monkeypatch) -> None:
+    from common.secure import signing
+
+    sign_folder(folder, key)
+
+    class _Broken:
+        def update(self, data) -> None:
+            raise MemoryError("simulated")
+
+    real = signing.hashlib.sha256
+    monkeypatch.setattr(signing.hashlib, "sha256", lambda *a: _Broken() if not a else real(*a))
+    with pytest.raises(RuntimeError, match="hashing the file failed"):
+        read_verified(folder, key.public_key(), [], stream={"model.safetensors": _copy})
+    assert _hashing_threads() == []

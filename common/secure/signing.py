@@ -300,6 +300,7 @@ class _HashingReader:
         self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._hash = hashlib.sha256()
         self._cancelled = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._hash_blocks, name="sha256-follower", daemon=True)
         self._thread.start()
         self._expected = expected_size
@@ -312,9 +313,13 @@ class _HashingReader:
 
     def _hash_blocks(self) -> None:
         while (block := self._queue.get()) is not None:
-            if not self._cancelled:
-                self._hash.update(block)
-            self._free.release()
+            try:
+                if not self._cancelled and self._error is None:
+                    self._hash.update(block)
+            except BaseException as exc:  # never leave the reader waiting on a slot: report it at hexdigest()
+                self._error = exc
+            finally:
+                self._free.release()
 
     def _read_ahead(self, wait: bool) -> bool:
         """Read one more block into the ring for the hashing thread; False at end of file or if no slot is free.
@@ -371,6 +376,8 @@ class _HashingReader:
         while self._read_block():
             pass
         self.close()
+        if self._error is not None:
+            raise RuntimeError("hashing the file failed") from self._error
         return self._hash.hexdigest()
 
     def close(self, cancel: bool = False) -> None:
