@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from .errors import IntegrityError, KeyDisabled, KeyNotFound, KeysetError
+from .files import write_atomically
 from .kek import KeyEncryptionKey
 
 KEYSET_FILE = "keyset.json"
@@ -90,7 +90,7 @@ class LocalRSAKey:
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(password),
         )
-        _write_atomically(Path(path), pem, mode=0o600)
+        write_atomically(Path(path), pem, mode=0o600)
 
     def wrap(self, data_key: bytes) -> bytes:
         """The data key encrypted with RSA-OAEP-SHA256 under the public key."""
@@ -376,7 +376,7 @@ class Keyset:
                 record.update(entry.kek.record())  # provider-specific fields its loader needs (token label, ...)
             records.append(record)
         meta = {"format": "hpai-keyset", "version": 1, "primary": self._primary, "keys": records}
-        _write_atomically(self._dir / KEYSET_FILE, json.dumps(meta, indent=2).encode() + b"\n", mode=0o600)
+        write_atomically(self._dir / KEYSET_FILE, json.dumps(meta, indent=2).encode() + b"\n", mode=0o600)
         # Key files go only after the metadata that no longer names them is safely written.
         for name in self._retired_files:
             with contextlib.suppress(FileNotFoundError):
@@ -393,7 +393,7 @@ class Keyset:
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(password),
         )
-        _write_atomically(folder / SIGNING_KEY_FILE, pem, mode=0o600)
+        write_atomically(folder / SIGNING_KEY_FILE, pem, mode=0o600)
 
     def _require_folder(self) -> tuple[Path, bytes]:
         if self._dir is None or self._password is None:
@@ -419,19 +419,3 @@ def _check_password(password: bytes) -> None:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Write next to `path` and rename over it, so a crash leaves the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import base64
 import collections
-import contextlib
 import hashlib
 import json
 import mmap
 import os
 import queue
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from common.secure.errors import KeysetError, SignatureMismatch
+from common.secure.files import write_atomically
 
 SIGNATURE_FILE = "model.sig"
 FORMAT = "hpai-model-signature"
@@ -126,7 +125,7 @@ def save_private_key(key: SigningKey, path: str | os.PathLike[str], password: by
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(password)
     )
-    _write_atomically(Path(path), pem, mode=0o600)
+    write_atomically(Path(path), pem, mode=0o600)
 
 
 def load_private_key(path: str | os.PathLike[str], password: bytes) -> SigningKey:
@@ -146,7 +145,7 @@ def save_public_key(key: SigningKey | VerifyKey, path: str | os.PathLike[str]) -
     public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) else key
     signature_algorithm(public)
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_atomically(Path(path), pem, mode=0o644)
+    write_atomically(Path(path), pem, mode=0o644)
 
 
 def load_public_key(path: str | os.PathLike[str]) -> VerifyKey:
@@ -243,7 +242,7 @@ def sign_folder(folder: str | os.PathLike[str], private_key: SigningKey) -> Path
         },
     }
     out = Path(folder) / SIGNATURE_FILE
-    _write_atomically(out, json.dumps(signed, indent=1, sort_keys=True).encode() + b"\n", mode=0o644)
+    write_atomically(out, json.dumps(signed, indent=1, sort_keys=True).encode() + b"\n", mode=0o644)
     return out
 
 
@@ -497,17 +496,3 @@ def read_verified(
             f"{folder}'s signed manifest does not list {', '.join(unknown)}", missing=tuple(unknown)
         )
     return manifest, _check_folder(folder, manifest, set(names), stream)
-
-
-def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Beside `path`, then renamed over it: a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

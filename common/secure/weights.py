@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from common.secure.envelope import decrypt_stream, encrypt_bytes, encrypt_file
 from common.secure.errors import FormatError, IntegrityError, UnsafeFormat
+from common.secure.files import write_atomically
 from common.secure.keys import Keyset
 from common.secure.signing import (
     SIGNATURE_FILE,
@@ -162,9 +163,9 @@ def save_encrypted(
     folder.mkdir(parents=True, exist_ok=True)
     plain = safetensors.torch.save(dict(state_dict))
     artifact = folder / WEIGHTS_FILE
-    _write_new(artifact, encrypt_bytes(plain, keyset))
+    write_atomically(artifact, encrypt_bytes(plain, keyset))
     if config is not None:
-        _write_new(folder / CONFIG_FILE, json.dumps(dict(config), indent=2, sort_keys=True).encode())
+        write_atomically(folder / CONFIG_FILE, json.dumps(dict(config), indent=2, sort_keys=True).encode())
     sign_folder(folder, signing_key)
     return artifact
 
@@ -351,16 +352,3 @@ def load_model_folder(folder: str | os.PathLike[str], keyset: Keyset, public_key
     except KeyError:
         raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}") from None
     return DecryptedModel(config, state_dict, files)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write beside `path` and rename: a crash leaves the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
