@@ -29,6 +29,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numba
 import numpy as np
 import torch
 
@@ -237,7 +238,7 @@ def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
         quick=quick,
         ceilings=bench.ceilings_row(ceilings),
         targets=goals,
-        numba_threads=__import__("numba").get_num_threads(),
+        numba_threads=numba.get_num_threads(),
         torch_threads=torch.get_num_threads(),
     )
     plot(mem, att, out / "kernels.png", quick)

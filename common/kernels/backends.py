@@ -103,11 +103,7 @@ def status(name: str) -> str | None:
 
 def is_slow_emulation(name: str) -> bool:
     """True when `name` runs only on a simulator or interpreter here: correct, but not for speed."""
-    if name == "numba-cuda":
-        return not cuda_available()
-    if name == "triton":
-        return not cuda_available()
-    return False
+    return name in ("numba-cuda", "triton") and not cuda_available()
 
 
 @functools.cache
