@@ -152,9 +152,21 @@ def test_inspecting_needs_one_signature_or_an_explicit_one() -> None:
     ids=lambda h: getattr(h, "__name__", ""),
 )
 def test_the_row_loops_of_the_float32_kernels_are_simd(helper, signature) -> None:
-    """Guards what silently breaks vectorisation: a division's zero check, a negative-index check, a branch."""
+    """Guards what silently breaks vectorisation: a division's zero check, a negative-index check, a branch,
+    and a float64 accumulator, which sets the vector width to that of doubles: the float32 arithmetic then
+    runs on half-width registers (xmm with AVX2) while only the adds of the sum use ymm."""
     packed = simd.packed_simd_instructions(simd.assembly(helper, signature))
-    assert any(k.endswith(("ymm", "zmm")) for k in packed), f"{helper.__name__}: {packed}"
+    single = [k for k in packed if k.split()[0].endswith("ps")]  # packed single precision
+    assert any(k.endswith(("ymm", "zmm")) for k in single), f"{helper.__name__}: {packed}"
+
+
+def test_softmax_of_a_long_row_sums_to_one() -> None:
+    n = 1 << 20  # 4096 blocks of float32 partial sums, added in float64
+    x = np.random.default_rng(3).standard_normal((2, n)).astype(np.float32) * 4
+    got = numba_cpu.softmax(x)
+    assert np.abs(got.astype(np.float64).sum(axis=1) - 1.0).max() < 1e-5
+    rtol, atol = tolerance("float32", n)
+    np.testing.assert_allclose(got, reference.softmax(x), rtol=rtol, atol=atol)
 
 
 @njit

@@ -269,13 +269,25 @@ def _row_max(x):  # pragma: no cover - resolved at compile time
 # --- softmax ---------------------------------------------------------------
 
 
+_SUM_BLOCK = 256  # softmax's exponentials summed in x's precision this many at a time, then added in float64
+
+
 @njit(cache=True, fastmath=_REDUCE)
 def _exp_shifted_sum(x, m, out):  # pragma: no cover - compiled
-    total = 0.0  # float64: rounding of a long row's sum stays far below the float32 tolerance
-    for j in range(x.size):
-        e = scalar_exp(x[j] - m)
-        out[j] = e
-        total += e
+    # Two levels. A float64 accumulator inside the loop would set the vector width to that of doubles, so the
+    # float32 exp would run on half-width registers (xmm on AVX2: measured 1.85 ns/element on a Zen 2 core,
+    # 0.95 with the float32 block sums). Each block's sum is spread over the SIMD lanes (reassoc) and covers
+    # few terms, so its rounding is a few float32 ulps of the block; the float64 total of the blocks keeps a
+    # long row's sum as accurate as before.
+    total = 0.0
+    n = x.size
+    for b0 in range(0, n, _SUM_BLOCK):
+        part = x.dtype.type(0.0)
+        for j in range(b0, min(n, b0 + _SUM_BLOCK)):
+            e = scalar_exp(x[j] - m)
+            out[j] = e
+            part += e
+        total += part
     return total
 
 
