@@ -248,6 +248,34 @@ def test_nothing_unauthenticated_reaches_the_output(keyset: Keyset) -> None:
     assert out.getvalue() == data[: 2 * CS]  # exactly the chunks that authenticated
 
 
+class _InPlaceSink:
+    """A `decrypt_stream` sink with reserve/commit, as the in-memory weights loader has."""
+
+    def __init__(self, capacity: int):
+        self.buffer = bytearray(b"\xaa" * capacity)  # not zeros: an erased chunk must show as erased
+        self.size = 0
+
+    def reserve(self, n: int) -> memoryview:
+        return memoryview(self.buffer)[self.size : self.size + n]
+
+    def commit(self, n: int) -> None:
+        self.size += n
+
+
+def test_decrypting_in_place_commits_only_authenticated_chunks_and_erases_a_failed_one(keyset: Keyset) -> None:
+    data = os.urandom(4 * CS - 5)
+    blob = env.encrypt_bytes(data, keyset, chunk_size=CS)
+    good = _InPlaceSink(len(blob))
+    assert env.decrypt_stream(io.BytesIO(blob), good, keyset) == len(data)
+    assert bytes(good.buffer[: good.size]) == data
+    bad = flipped(blob, env.read_header(io.BytesIO(blob)).length + 2 * (CS + env.TAG_SIZE) + 3)
+    sink = _InPlaceSink(len(blob))
+    with pytest.raises(IntegrityError, match="chunk 2"):
+        env.decrypt_stream(io.BytesIO(bad), sink, keyset)
+    assert sink.size == 2 * CS and bytes(sink.buffer[: 2 * CS]) == data[: 2 * CS]
+    assert bytes(sink.buffer[2 * CS : 3 * CS]) == bytes(CS)  # the failed chunk's unauthenticated plaintext: gone
+
+
 def test_wrong_key_with_the_right_id_is_an_integrity_error(rsa_keys: list[LocalRSAKey], sealed) -> None:
     class Impostor:
         """Claims key 0's id but holds key 1."""

@@ -303,26 +303,36 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyset: Keyset) -> int:
     altered later chunk) leaves the verified prefix in `dst`: use `decrypt_file` or
     `decrypt_bytes` for all-or-nothing output. `dst.write` gets a view of a reused buffer
     (io's contract: copy what you keep), so plaintext is never duplicated here.
+
+    A `dst` that lives in memory may offer `reserve(n)` (a writable view of its next n bytes, which
+    it hands to no one) and `commit(n)` instead: each chunk is then decrypted straight into place,
+    committed once its tag verified, and erased if it did not (`weights` loads this way).
     """
     header = read_header(src)
     _, keys = _open_header(header, keyset)
     digest = hashlib.sha256(header.fixed).digest()
     size = header.chunk_size + TAG_SIZE
-    plain = bytearray(header.chunk_size)
+    reserve = getattr(dst, "reserve", None)  # an in-memory sink we may decrypt straight into (no copy)
+    plain = None if reserve else bytearray(header.chunk_size)
     total = 0
     for index, (sealed, final) in enumerate(_double_buffered(src, size)):
         if len(sealed) < TAG_SIZE or (final and index > 0 and len(sealed) == TAG_SIZE):
             raise IntegrityError(f"chunk {index} is truncated: the envelope was cut short")
-        out = memoryview(plain)[: len(sealed) - TAG_SIZE]
+        n = len(sealed) - TAG_SIZE
+        out = reserve(n) if reserve else memoryview(plain)[:n]  # type: ignore[arg-type]
         try:
             keys.chunk.decrypt_into(_nonce(header.nonce_prefix, index), sealed, _aad(digest, index, final), out)
         except InvalidTag:
+            out[:] = bytes(n)  # AES-GCM wrote the unauthenticated plaintext before the tag check: erase it
             what = "the last chunk" if final else f"chunk {index}"
             raise IntegrityError(
                 f"{what} failed authentication: altered, reordered, truncated or from another artifact"
             ) from None
-        dst.write(out)
-        total += len(out)
+        if reserve:
+            dst.commit(n)  # type: ignore[attr-defined]
+        else:
+            dst.write(out)
+        total += n
     return total
 
 

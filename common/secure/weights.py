@@ -217,8 +217,9 @@ class _MemoryWriter:
         self._memory = memory
         self.size = 0
 
-    def write(self, data: Any) -> int:
-        n = len(data)
+    def reserve(self, n: int) -> memoryview:
+        """The next n bytes of the buffer, for `decrypt_stream` to decrypt into; not part of the plaintext
+        until `commit`, and never handed to anyone else."""
         end = self.size + n
         if end > len(self._view):
             raise IntegrityError("an envelope decrypted to more bytes than it holds")
@@ -226,8 +227,16 @@ class _MemoryWriter:
             upto = min(-(-end // POPULATE_STEP) * POPULATE_STEP, len(self._view))  # page-aligned steps
             self._memory.madvise(MADV_POPULATE_WRITE, self._populated, upto - self._populated)  # type: ignore[union-attr]
             self._populated = upto
-        self._view[self.size : end] = data
-        self.size = end
+        return self._view[self.size : end]
+
+    def commit(self, n: int) -> None:
+        """The n reserved bytes authenticated: they are plaintext now."""
+        self.size += n
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        self.reserve(n)[:] = data
+        self.commit(n)
         return n
 
     def finish(self) -> memoryview:
