@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from serving_stubs import DIM, StubEmbeddingRuntime, stub_engine
 
 from common.engine.embedding import EmbeddingCodec
-from common.serving.app import create_app
+from common.serving.app import TOKENIZE_ON_LOOP_MAX, create_app
 from common.serving.metrics import METRICS
 from common.serving.settings import ServingSettings
 
@@ -152,3 +152,24 @@ def test_cli_lists_every_setting_and_rejects_bad_values():
         [sys.executable, "-m", "common.serving", "--max-batch-size", "0"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "max_batch_size" in bad.stderr and "greater than or equal to 1" in bad.stderr
+
+
+def test_a_long_list_is_tokenised_off_the_event_loop_and_a_short_one_on_it():
+    engine = stub_engine()
+    real, seen = engine.codec.tokenize, {}
+
+    def spy(texts):
+        seen[len(texts)] = threading.get_ident()
+        return real(texts)
+
+    engine.codec.tokenize = spy
+    many = TOKENIZE_ON_LOOP_MAX + 1
+    settings = SETTINGS.model_copy(update={"max_inputs_per_request": many})
+    with TestClient(create_app(settings, engine=engine)) as c:
+        wait_ready(c)
+        loop_thread = c.portal.call(threading.get_ident)  # the thread the app's event loop runs on
+        for n in (1, many):
+            r = c.post(URL, json={"input": [f"text number {i}" for i in range(n)]})
+            assert r.status_code == 200, r.text
+            assert len(r.json()["data"]) == n
+    assert seen[1] == loop_thread and seen[many] != loop_thread
