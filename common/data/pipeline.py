@@ -103,12 +103,13 @@ def features(events: pl.LazyFrame, window: Window = Window()) -> pl.LazyFrame:
     selected = events.filter(
         pl.col("ts").is_between(window.start, window.end, closed="left") & pl.col("channel").is_in(window.channels)
     ).select(NEEDED)
+    amount = pl.col("amount").cast(pl.Float64)
     per_user = selected.group_by("user_id").agg(
         pl.len().cast(pl.Int64).alias("user_events"),
         pl.col("device_id").drop_nulls().n_unique().cast(pl.Int64).alias("user_devices"),
-        pl.col("amount").cast(pl.Float64).mean().alias("user_mean_amount"),
+        amount.mean().alias("user_mean_amount"),
     )
-    log_amount = pl.col("amount").cast(pl.Float64).log1p()
+    log_amount = amount.log1p()
     return (
         selected.sort("ts", "event_id")
         .with_columns(
@@ -117,7 +118,7 @@ def features(events: pl.LazyFrame, window: Window = Window()) -> pl.LazyFrame:
             ((log_amount - log_amount.mean()) / log_amount.std()).alias("amount_z"),
         )
         .join(per_user, on="user_id", how="left")
-        .with_columns((pl.col("amount").cast(pl.Float64) / pl.col("user_mean_amount")).alias("amount_ratio"))
+        .with_columns((amount / pl.col("user_mean_amount")).alias("amount_ratio"))
         .select(OUTPUT)
         .sort("event_id")
     )
@@ -143,16 +144,20 @@ def features_pandas(path: str | os.PathLike[str], window: Window = Window()) -> 
     return df.sort_values("event_id")[list(OUTPUT)].reset_index(drop=True)
 
 
+def _plan(source: str | os.PathLike[str], window: Window) -> pl.LazyFrame:
+    return features(Source(Path(source)).scan(), window)
+
+
 def run(source: str | os.PathLike[str], window: Window = Window(), *, streaming: bool = False) -> pl.DataFrame:
     """Collect the features of an events file, with the in-memory or the streaming engine."""
-    return features(Source(Path(source)).scan(), window).collect(engine="streaming" if streaming else "auto")
+    return _plan(source, window).collect(engine="streaming" if streaming else "auto")
 
 
 def sink(source: str | os.PathLike[str], out: str | os.PathLike[str], window: Window = Window()) -> Path:
     """Write the features to Parquet (.parquet) or Arrow IPC (.arrow) with the streaming engine, so that
     neither the events nor the features need to fit in memory at once."""
     out = Path(out)
-    plan = features(Source(Path(source)).scan(), window)
+    plan = _plan(source, window)
     if out.suffix == ".parquet":
         plan.sink_parquet(out)
     elif out.suffix in (".arrow", ".ipc"):
@@ -164,4 +169,4 @@ def sink(source: str | os.PathLike[str], out: str | os.PathLike[str], window: Wi
 
 def optimized_plan(source: str | os.PathLike[str], window: Window = Window()) -> str:
     """The plan after Polars' optimiser: where the filter and the column list ended up."""
-    return features(Source(Path(source)).scan(), window).explain()
+    return _plan(source, window).explain()

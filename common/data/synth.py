@@ -65,6 +65,11 @@ def _users(n_rows: int) -> int:
     return max(100, n_rows // EVENTS_PER_USER)
 
 
+def _strings(codes: np.ndarray, values: tuple[str, ...]) -> pa.Array:
+    """A plain string column from codes into `values` (decoded: later notebooks show what strings cost)."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int8)), list(values)).cast(pa.string())
+
+
 def block(index: int, n_rows: int, seed: int = 0) -> pa.RecordBatch:
     """Block `index` (rows index*BLOCK_ROWS onwards) of the table of `n_rows` rows: a pure function of its
     arguments. The table's size enters only through the number of users and the time span per row."""
@@ -100,8 +105,8 @@ def block(index: int, n_rows: int, seed: int = 0) -> pa.RecordBatch:
         pa.array(ts_us[keep].astype(np.int64), pa.timestamp("us", tz="UTC")),
         pa.array(user_id[keep]),
         pa.array(device_id[keep].astype(np.int32), mask=device_null[keep]),
-        pa.DictionaryArray.from_arrays(pa.array(country[keep].astype(np.int8)), list(COUNTRIES)).cast(pa.string()),
-        pa.DictionaryArray.from_arrays(pa.array(channel[keep].astype(np.int8)), list(CHANNELS)).cast(pa.string()),
+        _strings(country[keep], COUNTRIES),
+        _strings(channel[keep], CHANNELS),
         pa.array(amount[keep]),
         pa.array(match[keep].astype(np.float32)),
         pa.array(liveness[keep].astype(np.float32)),
