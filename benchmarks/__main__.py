@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("ceilings", "engine", "kernels", "serving", "security")
+BENCHMARKS = ("ceilings", "engine", "kernels", "serving", "security", "data")
 
 # Set before torch loads. The kernels benchmark interleaves torch and Numba, and each brings its own
 # OpenMP runtime: with the default (spinning) wait policy the idle threads of one steal the cores the

@@ -216,9 +216,7 @@ def plot(mem: list[dict[str, Any]], att: list[dict[str, Any]], path: Path, quick
     right.set_ylabel("peak extra memory (MiB, tracemalloc)")
     right.set_title(f"attention, {HEADS} heads x {HEAD_DIM}, Numba")
     right.legend(fontsize=8)
-    fig.suptitle("kernels (quick: a smoke run, not a measurement)" if quick else "kernels", fontsize=10)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    bench.save_figure(fig, path, "kernels", quick)
 
 
 def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
@@ -227,9 +225,7 @@ def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
     mm = matmul(quick, ceilings)
     att = attention(quick)
     goals = targets(mem, att)
-    for t in goals:
-        bound = f">= {t['at_least']:g}" if "at_least" in t else f"<= {t['at_most']:g}"
-        print(f"target {t['target']:70s} {t['value']:6.2f} ({bound}): {'met' if t['met'] else 'MISSED'}")
+    bench.print_targets(goals, width=70)
     rows = mem + mm + att
     bench.save_results(
         out / "kernels.json",

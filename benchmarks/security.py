@@ -314,10 +314,7 @@ def plot(rows: list[dict[str, Any]], goals: list[dict[str, Any]], path: Path, qu
     ax.set_title("mutual TLS vs plain HTTP, one request at a time")
     ax.legend(fontsize=8)
     summary = "; ".join(f"{t['target']}: {t['value']:.2f}" for t in goals if t["met"] is not None)
-    title = "security costs" + (" (quick: a smoke run, not a measurement)" if quick else "")
-    fig.suptitle(f"{title}\n{summary}", fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    bench.save_figure(fig, path, "security costs", quick, summary)
 
 
 def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
@@ -330,12 +327,7 @@ def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
         wrap_rows, ratios["rewrap"], rewrap_name = rewrap_cost(quick, folder)
         tls_rows = tls(quick, folder / "pki")
     goals = targets(ratios, tls_rows, rewrap_name)
-    for t in goals:
-        bound = (
-            f">= {t['at_least']:g}" if "at_least" in t else f"<= {t['at_most']:g}" if "at_most" in t else "no target"
-        )
-        verdict = "" if t["met"] is None else "met" if t["met"] else "MISSED"
-        print(f"target {t['target']:55s} {t['value']:6.2f} ({bound}) {verdict}")
+    bench.print_targets(goals)
     rows = env_rows + load_rows + wrap_rows + tls_rows
     bench.save_results(
         out / "security.json",

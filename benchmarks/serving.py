@@ -558,6 +558,4 @@ def plot(rows: list[dict[str, Any]], rate: float, path: Path, quick: bool) -> No
     right.set_xlim(0, max([r["p99_ms"] for r in served], default=1.0) * 1.3)
     right.set_xlabel(f"p99 latency (ms) at {rate:.1f} requests/s, open loop (Poisson)")
     title = f"{MINILM_NAME}, one text per request; the last pair leaves one core to the load generator"
-    fig.suptitle(title + (" (quick: a smoke run, not a measurement)" if quick else ""), fontsize=10)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    bench.save_figure(fig, path, title, quick)

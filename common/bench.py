@@ -438,3 +438,28 @@ def ceilings_row(c: Ceilings) -> dict[str, Any]:
     row = asdict(c)
     row["ridge_flop_per_byte"] = c.ridge
     return row
+
+
+# --- benchmark reports ----------------------------------------------------
+
+
+def print_targets(goals: list[dict[str, Any]], width: int = 55) -> None:
+    """One line per target: its value, its bound and met / MISSED. Benchmarks report targets, never assert them."""
+    for t in goals:
+        bound = (
+            f">= {t['at_least']:g}" if "at_least" in t else f"<= {t['at_most']:g}" if "at_most" in t else "no target"
+        )
+        verdict = "" if t.get("met") is None else "met" if t["met"] else "MISSED"
+        print(f"target {t['target']:{width}s} {t['value']:8.2f} ({bound}) {verdict}")
+
+
+def save_figure(fig: Any, path: str | Path, title: str, quick: bool, summary: str = "") -> None:
+    """Title a benchmark's figure (marking a quick run as smoke), write it as PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(
+        title + (" (quick: a smoke run, not a measurement)" if quick else "") + (f"\n{summary}" if summary else ""),
+        fontsize=9,
+    )
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

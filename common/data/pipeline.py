@@ -24,15 +24,12 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from common.data.errors import CorruptFile as CorruptFile  # raised here; importable from here
 from common.data.synth import CHANNELS, SCHEMA, START
 
 FEATURES = ("gap_s", "attempt_no", "user_events", "user_devices", "user_mean_amount", "amount_ratio", "amount_z")
 OUTPUT = ("event_id", "user_id", *FEATURES, "label")
 NEEDED = ("event_id", "ts", "user_id", "device_id", "channel", "amount", "label")  # columns the features read
-
-
-class CorruptFile(ValueError):
-    """An events file whose footer or metadata cannot be read: cut short, or not what its name says."""
 
 
 @dataclass(frozen=True)
