@@ -126,8 +126,8 @@ def handoff(quick: bool, folder: Path) -> tuple[list[dict[str, Any]], float]:
                             f"{n}: {what}",
                             [r.seconds for r in rs],
                             table_bytes=table.nbytes,
-                            consumer_private_growth=statistics.median(r.anon_growth or 0 for r in rs),
-                            consumer_shared_growth=statistics.median(r.shared_growth or 0 for r in rs),
+                            consumer_copied_bytes=statistics.median(r.copied_bytes for r in rs),
+                            consumer_mapped_growth=statistics.median(r.mapped_growth or 0 for r in rs),
                         )
                     )
                     medians[(n, column)] = statistics.median(r.seconds for r in rs)

@@ -10,8 +10,7 @@ saying so in prose.
 from __future__ import annotations
 
 import mmap
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -29,8 +28,7 @@ _ROLES_BY_KIND = {
 }
 
 
-@dataclass(frozen=True)
-class Region:
+class Region(NamedTuple):  # a tuple, not a dataclass: a table of many batches has thousands of buffers
     """`nbytes` bytes at `address`; `label` says what they are, e.g. "device_id: validity"."""
 
     label: str
@@ -64,17 +62,20 @@ def _kind(t: pa.DataType) -> str:
     return "fixed"
 
 
-def _arrow_regions(array: pa.Array, name: str) -> list[Region]:
+def _roles(t: pa.DataType) -> tuple[str, ...]:
+    roles = _ROLES_BY_KIND[_kind(t)]
+    return roles + ("data",) * 64 if _kind(t) == "view" else roles
+
+
+def _arrow_regions(array: pa.Array, name: str, roles: tuple[str, ...] | None = None) -> list[Region]:
     """Every non-empty buffer of `array` and its children. Children's buffers follow their parent's in
     `Array.buffers()`; roles are named for the top level and numbered below it."""
-    roles = _ROLES_BY_KIND[_kind(array.type)]
-    out = []
-    for i, buf in enumerate(array.buffers()):
-        if buf is None or buf.size == 0:
-            continue  # no validity bitmap (no nulls), or an empty buffer
-        role = roles[i] if i < len(roles) else ("data" if _kind(array.type) == "view" else f"buffer {i}")
-        out.append(Region(f"{name}: {role}", buf.address, buf.size))
-    return out
+    roles = _roles(array.type) if roles is None else roles
+    return [
+        Region(f"{name}: {roles[i] if i < len(roles) else f'buffer {i}'}", buf.address, buf.size)
+        for i, buf in enumerate(array.buffers())
+        if buf is not None and buf.size  # no validity bitmap (no nulls), or an empty buffer
+    ]
 
 
 def _numpy_region(a: np.ndarray, label: str) -> list[Region]:
@@ -94,9 +95,11 @@ def regions(obj: Any, name: str | None = None) -> list[Region]:
     if isinstance(obj, pa.Array):
         return _arrow_regions(obj, name or "array")
     if isinstance(obj, pa.ChunkedArray):
-        label = name or "column"
+        label, roles = name or "column", _roles(obj.type)
         many = obj.num_chunks > 1
-        return [r for i, c in enumerate(obj.chunks) for r in _arrow_regions(c, f"{label}[{i}]" if many else label)]
+        return [
+            r for i, c in enumerate(obj.chunks) for r in _arrow_regions(c, f"{label}[{i}]" if many else label, roles)
+        ]
     if isinstance(obj, pa.RecordBatch | pa.Table):
         return [r for field, col in zip(obj.schema, obj.columns, strict=True) for r in regions(col, field.name)]
     if isinstance(obj, pl.Series):
@@ -128,10 +131,26 @@ def regions(obj: Any, name: str | None = None) -> list[Region]:
     )
 
 
+def _addresses(obj: Any) -> list[tuple[int, int]]:
+    """(address, size) of every non-empty buffer: `regions` without the labels, fast enough to check a
+    table of thousands of batches in a few milliseconds."""
+    if isinstance(obj, pa.Table | pa.RecordBatch | pa.ChunkedArray | pa.Array):
+        columns = obj.columns if isinstance(obj, pa.Table | pa.RecordBatch) else [obj]
+        chunks = [c for col in columns for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+        return [(b.address, b.size) for c in chunks for b in c.buffers() if b is not None and b.size]
+    return [(r.address, r.nbytes) for r in regions(obj)]
+
+
 def copied_regions(source: Any, view: Any) -> list[Region]:
     """The buffers of `view` that do not lie inside any buffer of `source`: what a conversion copied."""
-    inside = regions(source, "source")
-    return [r for r in regions(view, "view") if not any(r.within(s) for s in inside)]
+    inside = [(r.address, r.end) for r in regions(source, "source")]
+
+    def outside(address: int, nbytes: int) -> bool:
+        return not any(lo <= address and address + nbytes <= hi for lo, hi in inside)
+
+    if not any(outside(a, n) for a, n in _addresses(view)):
+        return []
+    return [r for r in regions(view, "view") if outside(r.address, r.nbytes)]
 
 
 def shares_memory(a: Any, b: Any) -> bool:

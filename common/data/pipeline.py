@@ -16,13 +16,20 @@ The features, per event of the chosen time window and channels:
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow.parquet as pq
 
 from common.data.errors import CorruptFile as CorruptFile  # raised here; importable from here
 from common.data.synth import CHANNELS, SCHEMA, START
@@ -147,7 +154,7 @@ def _plan(source: str | os.PathLike[str], window: Window) -> pl.LazyFrame:
 
 def run(source: str | os.PathLike[str], window: Window = Window(), *, streaming: bool = False) -> pl.DataFrame:
     """Collect the features of an events file, with the in-memory or the streaming engine."""
-    return _plan(source, window).collect(engine="streaming" if streaming else "auto")
+    return _plan(source, window).collect(engine="streaming" if streaming else "in-memory")
 
 
 def sink(source: str | os.PathLike[str], out: str | os.PathLike[str], window: Window = Window()) -> Path:
@@ -167,3 +174,101 @@ def sink(source: str | os.PathLike[str], out: str | os.PathLike[str], window: Wi
 def optimized_plan(source: str | os.PathLike[str], window: Window = Window()) -> str:
     """The plan after Polars' optimiser: where the filter and the column list ended up."""
     return _plan(source, window).explain()
+
+
+# --- looking inside the plan: what the optimiser did, and what the Parquet reader then read ---------------
+
+
+def plan(source: str | os.PathLike[str], window: Window = Window()) -> pl.LazyFrame:
+    """The features of an events file as a lazy plan, not yet run: to explain, to collect with chosen
+    optimisations or engine (`collect(optimizations=pl.QueryOptFlags.none())`), or to sink."""
+    return _plan(source, window)
+
+
+def unoptimized_plan(source: str | os.PathLike[str], window: Window = Window()) -> str:
+    """The plan as written, before the optimiser: filters above scans of every column."""
+    return _plan(source, window).explain(optimized=False)
+
+
+def row_groups(path: str | os.PathLike[str]) -> pl.DataFrame:
+    """Rows and the min and max `ts` of each row group of a Parquet events file, from its footer: the
+    statistics a reader compares a time filter with to skip whole row groups without decoding them."""
+    path = Path(path)
+    if path.suffix.lower() != ".parquet":
+        raise ValueError(f"{path.name}: row groups are a Parquet notion, expected a .parquet file")
+    meta = pq.ParquetFile(path).metadata
+    ts = meta.schema.to_arrow_schema().get_field_index("ts")
+    if ts < 0:
+        raise pl.exceptions.SchemaError(f"{path} has no 'ts' column")
+    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    ts_type = expected_schema()["ts"]
+    stats = [g.column(ts).statistics for g in groups]
+    if any(s is None or not s.has_min_max for s in stats):
+        raise ValueError(f"{path}: some row groups have no min/max statistics for 'ts'; no reader can skip them")
+    return pl.DataFrame(
+        {
+            "row_group": range(len(groups)),
+            "rows": [g.num_rows for g in groups],
+            "ts_min": [s.min for s in stats],
+            "ts_max": [s.max for s in stats],
+        },
+        schema={"row_group": pl.Int64, "rows": pl.Int64, "ts_min": ts_type, "ts_max": ts_type},
+    )
+
+
+@dataclass(frozen=True)
+class ParquetRead:
+    """What one Parquet scan of a query read, as Polars' reader logged it."""
+
+    columns_read: int
+    columns_total: int
+    filtered: bool  # a filter reached the reader (predicate pushdown)
+    row_groups_read: int | None  # None when no filter reached the reader: it then reads every row group
+    row_groups_total: int | None
+
+
+_PROJECT = re.compile(r"\[ParquetFileReader\]: project: (\d+) / (\d+),.*predicate: (None|Some)")
+_ROW_GROUPS = re.compile(r"\[ParquetFileReader\]: Predicate pushdown: reading (\d+) / (\d+) row groups")
+
+
+def parquet_reads(query: pl.LazyFrame, **collect: Any) -> tuple[pl.DataFrame, list[ParquetRead]]:
+    """Collect `query` (keyword arguments go to `collect`) and report, per Parquet scan, how many columns
+    and row groups the reader read: what the pushdowns saved, in the engine's own words, not inferred from
+    the plan. Read from Polars' verbose log, so it depends on that log's wording: when it finds no reader
+    lines it says so rather than report zero scans."""
+    with _fd2_captured() as log, pl.Config(verbose=True):
+        result = query.collect(**collect)
+    text = "".join(log)
+    scans = _PROJECT.findall(text)
+    if not scans:
+        raise RuntimeError(
+            f"no '[ParquetFileReader]: project: ...' lines in Polars {pl.__version__}'s verbose log: "
+            "the query scans no Parquet file, or the log's wording changed"
+        )
+    groups = iter(_ROW_GROUPS.findall(text))  # one line per scan that got a filter, in the order they started
+    reads = []
+    for read, total, predicate in scans:
+        filtered = predicate == "Some"
+        rg = next(groups, None) if filtered else None
+        reads.append(
+            ParquetRead(int(read), int(total), filtered, int(rg[0]) if rg else None, int(rg[1]) if rg else None)
+        )
+    return result, reads
+
+
+@contextmanager
+def _fd2_captured() -> Iterator[list[str]]:
+    """What is written to file descriptor 2 meanwhile, in the list yielded once the block ends. Polars' Rust
+    code logs there, below `sys.stderr`, where neither `contextlib.redirect_stderr` nor Jupyter sees it."""
+    sys.stderr.flush()
+    captured: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        try:
+            os.dup2(log.fileno(), 2)
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            captured.append(log.read())

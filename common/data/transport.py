@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from common.data.errors import CorruptFile
-from common.data.memory import Region, assert_zero_copy, copied_regions, process_memory
+from common.data.memory import Region, assert_zero_copy, copied_regions, process_memory, regions
 
 if TYPE_CHECKING:
     import torch
@@ -173,6 +173,13 @@ def _map_shared(name: str) -> mmap.mmap:
         os.close(fd)
 
 
+def _open_shared(name: str) -> tuple[mmap.mmap, pa.Buffer, pa.Table]:
+    """The mapping of block `name`, an Arrow buffer over all of it, and the table read from that buffer."""
+    mapping = _map_shared(name)
+    view = pa.py_buffer(mapping)
+    return mapping, view, ipc.open_stream(view).read_all()
+
+
 @contextlib.contextmanager
 def attach(name: str) -> Iterator[pa.Table]:
     """The table in shared-memory block `name`, as read-only views of the block.
@@ -181,9 +188,7 @@ def attach(name: str) -> Iterator[pa.Table]:
     tensors) is still alive; otherwise the mapping lives exactly as long as they do, because each Arrow
     buffer holds a reference to it. Either way the memory is never freed under a live view.
     """
-    mapping = _map_shared(name)
-    view = pa.py_buffer(mapping)
-    table = ipc.open_stream(view).read_all()
+    mapping, view, table = _open_shared(name)
     try:
         yield table
     finally:
@@ -203,38 +208,38 @@ class Receipt:
     seconds: float  # from the producer's send to the consumer's answer
     rows: int
     total: float  # the sum of the chosen column, computed by the consumer: proof it can use the table
-    anon_growth: int | None  # bytes of private (copied) memory the consumer gained while it held the table
-    shared_growth: int | None  # bytes of file-backed or shared pages it mapped in (views, not copies)
+    copied_bytes: int  # bytes of the consumer's table that lie outside any shared mapping: its copies
+    mapped_growth: int | None  # resident pages of mapped files or shared memory the consumer gained
     open_seconds: float  # the consumer's own time to have a usable table, before computing
 
 
 def _consume(inbox: Any, outbox: Any) -> None:  # pragma: no cover - runs in the child process
     outbox.put("ready")
     while True:
-        before = process_memory()  # before the message: a pickled table is rebuilt as it is received
         if (message := inbox.get()) is None:
             return
+        before = process_memory()
         how, payload, column = message
         t0 = time.perf_counter()
         if how == "pickle":
-            table, mapped = payload, None
+            table, source = payload, None
         elif how == "file":
             mapped = map_ipc(payload)
-            table = mapped.table
+            table, source = mapped.table, mapped.buffer
         else:
-            mapped = attach(payload)
-            table = mapped.__enter__()
+            mapping, source, table = _open_shared(payload)
         opened = time.perf_counter() - t0
         total = pc.sum(table[column]).as_py() if column else 0.0
         after = process_memory()
-        rows = table.num_rows
-        del table
+        outbox.put((table.num_rows, float(total or 0.0), opened))  # the producer's clock stops here
+        # then, untimed: which of the table's bytes are copies (a pickled table's are all copies)
+        copied = regions(table) if source is None else copied_regions(source, table)
+        mapped_growth = None if not (after and before) else sum(after[k] - before[k] for k in ("file", "shmem"))
+        outbox.put((sum(r.nbytes for r in copied), mapped_growth))
+        del table, source, payload, message
         if how == "shared":
-            mapped.__exit__(None, None, None)
-        del mapped, payload, message
-        grown = {k: (after[k] - before[k]) if after and before else None for k in ("anon", "file", "shmem")}
-        shared = None if grown["file"] is None else grown["file"] + grown["shmem"]
-        outbox.put((rows, float(total or 0.0), grown["anon"], shared, opened))
+            with contextlib.suppress(BufferError):
+                mapping.close()
 
 
 class Consumer:
@@ -269,8 +274,10 @@ class Consumer:
             raise RuntimeError("the consumer process is not running")
         t0 = time.perf_counter()
         self._inbox.put((how, payload, column))
-        rows, total, anon, shared, opened = self._answer(timeout=600)
-        return Receipt(how, time.perf_counter() - t0, rows, total, anon, shared, opened)
+        rows, total, opened = self._answer(timeout=600)
+        seconds = time.perf_counter() - t0
+        copied, mapped_growth = self._answer(timeout=600)
+        return Receipt(how, seconds, rows, total, copied, mapped_growth, opened)
 
     def send_pickled(self, table: pa.Table, column: str | None = None) -> Receipt:
         """The usual way: the table is pickled through a `multiprocessing.Queue` (a copy on each side)."""
