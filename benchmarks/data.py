@@ -126,6 +126,7 @@ def handoff(quick: bool, folder: Path) -> tuple[list[dict[str, Any]], float]:
                             f"{n}: {what}",
                             [r.seconds for r in rs],
                             table_bytes=table.nbytes,
+                            consumer_open_ms=statistics.median(r.open_seconds for r in rs) * 1e3,
                             consumer_copied_bytes=statistics.median(r.copied_bytes for r in rs),
                             consumer_mapped_growth=statistics.median(r.mapped_growth or 0 for r in rs),
                         )

@@ -76,21 +76,24 @@ def map_ipc(path: str | os.PathLike[str]) -> MappedIPC:
     """Map an uncompressed Arrow IPC file and read its table without copying a byte of data.
 
     Refuses (ValueError) a file whose reading would copy, e.g. a compressed one: it would be decompressed
-    into fresh memory, so "mapped" would be the wrong word for it.
+    into fresh memory, so "mapped" would be the wrong word for it. The check costs nothing per batch: the
+    reader gets a memory pool of its own, and any byte it allocates is a byte it copied.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no Arrow IPC file at {path}")
     with pa.memory_map(str(path), "r") as source:
         buffer = source.read_buffer()  # the whole file, as a view of the mapping (which it keeps alive)
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())  # counts what this read allocates, and only that
     try:
-        table = ipc.open_file(buffer).read_all()
+        table = ipc.open_file(buffer, memory_pool=pool).read_all()
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorruptFile(f"{path}: not a readable Arrow IPC file (truncated or corrupt?): {exc}") from exc
-    if copied := copied_regions(buffer, table):
+    if copied := pool.max_memory():
+        del table  # its buffers came from `pool`: they must go before it does
         raise ValueError(
-            f"{path.name}: reading it copied {len(copied)} buffers ({copied[0]}, ...), so it cannot be mapped "
-            "as it is: it is probably compressed. Write it uncompressed (ipc.IpcWriteOptions(compression=None))"
+            f"{path.name}: reading it allocated {copied:,} bytes, so it cannot be mapped as it is: it is "
+            "probably compressed. Write it uncompressed (ipc.IpcWriteOptions(compression=None))"
         )
     return MappedIPC(path, buffer, table)
 
@@ -220,6 +223,9 @@ def _consume(inbox: Any, outbox: Any) -> None:  # pragma: no cover - runs in the
             return
         before = process_memory()
         how, payload, column = message
+        if how == "flush":
+            outbox.put("flushed")
+            continue
         t0 = time.perf_counter()
         if how == "pickle":
             table, source = payload, None
@@ -232,14 +238,15 @@ def _consume(inbox: Any, outbox: Any) -> None:  # pragma: no cover - runs in the
         total = pc.sum(table[column]).as_py() if column else 0.0
         after = process_memory()
         outbox.put((table.num_rows, float(total or 0.0), opened))  # the producer's clock stops here
-        # then, untimed: which of the table's bytes are copies (a pickled table's are all copies)
-        copied = regions(table) if source is None else copied_regions(source, table)
+        # then, untimed: which of the table's bytes are copies (a pickled table's are all copies), and
+        # letting go of the table before answering, so that freeing it is not timed as the next handoff
+        copied = sum(r.nbytes for r in (regions(table) if source is None else copied_regions(source, table)))
         mapped_growth = None if not (after and before) else sum(after[k] - before[k] for k in ("file", "shmem"))
-        outbox.put((sum(r.nbytes for r in copied), mapped_growth))
         del table, source, payload, message
         if how == "shared":
             with contextlib.suppress(BufferError):
                 mapping.close()
+        outbox.put((copied, mapped_growth))
 
 
 class Consumer:
@@ -277,6 +284,12 @@ class Consumer:
         rows, total, opened = self._answer(timeout=600)
         seconds = time.perf_counter() - t0
         copied, mapped_growth = self._answer(timeout=600)
+        if how == "pickle":
+            # The Queue's feeder thread holds the pickled bytes until it pickles the next message, so a
+            # large table would be freed (tens of ms for 1 GiB) during the next, timed send. Flush it now.
+            self._inbox.put(("flush", None, None))
+            if self._answer(timeout=600) != "flushed":
+                raise RuntimeError("the consumer process answered out of turn")
         return Receipt(how, seconds, rows, total, copied, mapped_growth, opened)
 
     def send_pickled(self, table: pa.Table, column: str | None = None) -> Receipt:
