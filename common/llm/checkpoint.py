@@ -1,0 +1,100 @@
+"""Reading a Hugging Face model folder into a `Decoder`: `config.json` plus safetensors, never pickle.
+
+A folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`. Tensors are
+loaded by name and checked against the model before any is used: a missing, unexpected or misshapen
+tensor is an error that names it. `pytorch_model.bin` and other pickle checkpoints are refused, because
+unpickling runs whatever code the file names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors
+import torch
+
+from common.llm.model import Decoder, DecoderConfig
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class CheckpointError(ValueError):
+    """A model folder whose files do not make the model its config describes."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A pickle checkpoint: loading it would run code from the file."""
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    if (folder / INDEX).is_file():
+        try:
+            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{folder / INDEX} is not a safetensors index (no 'weight_map')") from None
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    if (folder / WEIGHTS).is_file():
+        return [folder / WEIGHTS]
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise UnsafeCheckpoint(
+            f"{folder} holds only pickle weights ({', '.join(pickles)}): unpickling runs code named in the file, "
+            "so they are refused. Convert them to safetensors in a sandbox you trust, then load that"
+        )
+    raise CheckpointError(f"{folder} has no {WEIGHTS} and no {INDEX}")
+
+
+def load_pretrained(folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> Decoder:
+    """The decoder of a Hugging Face folder, its weights checked by name and shape, in `dtype`.
+
+    float32 is the default: on CPUs without bf16 units (these course machines) bf16 matmuls run about
+    100x slower than float32, so a bf16 checkpoint is converted on load unless `dtype` says otherwise.
+    """
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: {CONFIG} is missing")
+    try:
+        raw = json.loads((folder / CONFIG).read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{folder / CONFIG} is not valid JSON: {exc}") from None
+    config = DecoderConfig.from_hf(raw, str(folder / CONFIG))
+    tensors: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        if not path.is_file():
+            raise CheckpointError(f"{path.name}, listed in {INDEX}, is missing from {folder}")
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                    if name in tensors:
+                        raise CheckpointError(f"tensor {name!r} appears in more than one shard ({path.name})")
+                    tensors[name] = f.get_tensor(name)
+        except safetensors.SafetensorError as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)  # some tied checkpoints store it anyway; the tie wins
+    with torch.device("meta"):
+        model = Decoder(config)
+    expected = {name: p.shape for name, p in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(n for n in set(tensors) - set(expected) if not n.endswith("rotary_emb.inv_freq"))
+    misshapen = [f"{n}: expected {tuple(expected[n])}, found {tuple(tensors[n].shape)}"
+                 for n in sorted(set(expected) & set(tensors)) if tensors[n].shape != expected[n]]  # fmt: skip
+    problems = [
+        *([f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"] if missing else []),
+        *([f"unexpected tensors: {', '.join(unexpected[:8])}"] if unexpected else []),
+        *([f"shape mismatches: {'; '.join(misshapen[:8])}"] if misshapen else []),
+    ]
+    if problems:
+        raise CheckpointError(f"{folder} does not match its {config.architecture} config: " + " | ".join(problems))
+    state = {n: tensors[n].to(dtype) for n in expected}
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
