@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +169,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
+@dataclass(frozen=True)
+class Step:
+    """What every layer of one forward pass shares: the rotary angles, the attention mask (None: plain
+    causal) and the KV cache, if any."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None = None
+    cache: KVCache | None = None
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 (as the checkpoints were trained) and cast back."""
 
@@ -196,16 +207,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Step, layer: int) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, step.cos, step.sin), apply_rotary(k, step.cos, step.sin)
+        if step.cache is not None:  # keys and values of every token so far, this step's written in place
+            k, v = step.cache.update(layer, k, v)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.kv_heads != self.heads
+            q, k, v, attn_mask=step.mask, is_causal=step.mask is None, enable_gqa=self.kv_heads != self.heads
         )
         return self.o_proj(out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
 
@@ -232,10 +243,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x: torch.Tensor, step: Step, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), step, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -250,7 +259,12 @@ class Backbone(nn.Module):
 
 
 class Decoder(nn.Module):
-    """`model(input_ids)` -> logits (batch, seq, vocab), causal, no cache."""
+    """`model(input_ids)` -> logits (batch, seq, vocab), causal.
+
+    With a `cache` (`common.llm.cache`), the tokens continue what the cache holds: their keys and values
+    are written into it, they attend to everything before them, and `positions` (batch, seq) give each
+    row's own positions (rows of a left-padded batch start at different slots).
+    """
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -260,18 +274,45 @@ class Decoder(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`valid` (batch, seq), with a cache: False for padding tokens, which nothing may attend to."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         b, s = input_ids.shape
-        if s > self.config.max_position_embeddings:
-            raise ValueError(
-                f"{s} tokens exceed the model's context of {self.config.max_position_embeddings} positions"
-            )
+        start = 0 if cache is None else cache.length
         if positions is None:
-            positions = torch.arange(s, device=input_ids.device).expand(b, s)
+            positions = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
+        if s and (end := int(positions.max()) + 1) > self.config.max_position_embeddings:
+            raise ValueError(
+                f"{end} tokens exceed the model's context of {self.config.max_position_embeddings} positions"
+            )
         x = self.model.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(self.config, positions, x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin)
+        step = Step(cos, sin, None if cache is None else cache.attention_mask(s, valid), cache)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, step, i)
+        if cache is not None:
+            cache.advance(s)
         return self.lm_head(self.model.norm(x))
+
+
+class KVCache(Protocol):
+    """What attention needs from a cache; `common.llm.cache` holds the implementations."""
+
+    length: int  # slots written so far
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys and values (batch, kv_heads, new, head_dim); all of them so far back."""
+        ...
+
+    def attention_mask(self, new_tokens: int, valid: torch.Tensor | None) -> torch.Tensor:
+        """(batch, 1, new, slots) True where a new token may attend; records which new tokens are real."""
+        ...
+
+    def advance(self, new_tokens: int) -> None: ...

@@ -1,0 +1,164 @@
+"""Generation: prefill the prompts, then decode one token per step from the KV cache.
+
+Prompts of different lengths are left-padded into one batch: padding slots are marked invalid in the
+cache, so no real token attends to them, and every row has its own positions, so a row's tokens get the
+same rotary angles as when it is generated alone (a test holds batched and alone equal).
+
+Choosing a token (`choose`): greedy when `temperature` is 0; otherwise the logits are divided by the
+temperature, cut to the `top_k` most likely, then to the smallest set whose probability reaches `top_p`,
+and a token is drawn from what is left with a seeded generator, so a seed reproduces a generation.
+`distribution` returns that filtered distribution; tests hold it equal to transformers' logits warpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from common.llm.cache import StaticCache
+from common.llm.model import Decoder
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. The defaults are greedy decoding."""
+
+    temperature: float = 0.0  # 0: always the most likely token
+    top_k: int = 0  # 0: no cut
+    top_p: float = 1.0  # 1: no cut
+    seed: int | None = None  # None: a different draw every time
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def distribution(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The probabilities (batch, vocab) a token is drawn from: temperature, then top-k, then top-p."""
+    logits = logits.to(torch.float32)
+    if sampling.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float32)
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # probability of the tokens ranked above each one
+        drop_sorted = before >= sampling.top_p  # keep the smallest prefix that reaches top_p (at least one)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row (batch,) from the last position's logits (batch, vocab)."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    return torch.multinomial(distribution(logits, sampling), 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class Generation:
+    """One prompt's continuation: its new tokens, their text if a tokenizer was given, and why it stopped."""
+
+    tokens: list[int]
+    finish_reason: str  # "stop_token", "stop_string" or "max_tokens"
+    text: str | None = None
+
+
+def _prompts(prompts: Sequence[Sequence[int]], vocab: int) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.tolist()
+    out = [list(map(int, p)) for p in prompts]
+    if not out or any(not p for p in out):
+        raise ValueError("generate needs at least one prompt, and every prompt at least one token")
+    if bad := sorted({t for p in out for t in p if not 0 <= t < vocab})[:5]:
+        raise ValueError(f"token ids {bad} are outside the vocabulary of {vocab}")
+    return out
+
+
+@torch.inference_mode()
+def generate(
+    model: Decoder,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 64,
+    sampling: Sampling = Sampling(),
+    stop_token_ids: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    tokenizer: object | None = None,
+    pad_id: int = 0,
+) -> list[Generation]:
+    """Continue each prompt (a list of token ids) by up to `max_new_tokens`, all in one batch.
+
+    A row stops at a token of `stop_token_ids` (kept) or when its text contains one of `stop_strings`
+    (which needs `tokenizer`, anything with `decode(ids)`; the text is cut before the stop string).
+    A prompt that, with `max_new_tokens`, would not fit the model's context is refused with the limit.
+    """
+    config = model.config
+    rows = _prompts(prompts, config.vocab_size)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer to decode the generated text")
+    longest = max(map(len, rows))
+    if longest + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(
+            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's context of "
+            f"{config.max_position_embeddings} tokens: shorten the prompt or ask for at most "
+            f"{max(config.max_position_embeddings - longest, 0)} new tokens"
+        )
+    b = len(rows)
+    ids = torch.full((b, longest), pad_id, dtype=torch.long)
+    valid = torch.zeros(b, longest, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, longest - len(row) :] = torch.tensor(row)
+        valid[i, longest - len(row) :] = True
+    positions = (valid.cumsum(-1) - 1).clamp(min=0)
+    dtype = next(model.parameters()).dtype
+    cache = StaticCache(config, b, longest + max_new_tokens, dtype=dtype)
+    generator = None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
+
+    logits = model(ids, positions, cache, valid)[:, -1]
+    position = positions[:, -1:]
+    out: list[list[int]] = [[] for _ in range(b)]
+    reasons: list[str | None] = [None] * b
+    texts: list[str | None] = [None] * b
+    stops = set(map(int, stop_token_ids))
+    for step in range(max_new_tokens):
+        token = choose(logits, sampling, generator)
+        for i, t in enumerate(token.tolist()):
+            if reasons[i] is not None:
+                continue
+            out[i].append(t)
+            if t in stops:
+                reasons[i] = "stop_token"
+            elif stop_strings:
+                text = tokenizer.decode(out[i])  # type: ignore[attr-defined]
+                cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+                if cut >= 0:
+                    reasons[i], texts[i] = "stop_string", text[:cut]
+        if all(r is not None for r in reasons) or step == max_new_tokens - 1:
+            break
+        position = position + 1
+        logits = model(token[:, None], position, cache)[:, -1]
+    results = []
+    for i in range(b):
+        text = texts[i]
+        if text is None and tokenizer is not None:
+            text = tokenizer.decode(out[i])  # type: ignore[attr-defined]
+        results.append(Generation(out[i], reasons[i] or "max_tokens", text))
+    return results

@@ -1,0 +1,126 @@
+"""KV cache and generation: cached steps equal the full forward, batched equals alone, sampling equals
+transformers' warpers, seeds reproduce, stops stop, and bad requests are refused with the limit."""
+
+import pytest
+import torch
+import transformers
+
+from common.llm import load_pretrained
+from common.llm.cache import StaticCache
+from common.llm.generate import Sampling, choose, distribution, generate
+
+TINY = {
+    "vocab_size": 96,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY)).eval()
+    reference.save_pretrained(folder)
+    return reference, load_pretrained(folder)
+
+
+def test_cached_steps_equal_the_full_forward(models):
+    _, model = models
+    ids = torch.randint(0, TINY["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids)
+        cache = StaticCache(model.config, 2, 24)
+        steps = [model(ids[:, :10], cache=cache)]  # a prefill of 10, then one token at a time
+        steps += [model(ids[:, i : i + 1], cache=cache) for i in range(10, 24)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
+    assert cache.length == 24
+    layers, kv, dim = model.config.num_hidden_layers, model.config.num_key_value_heads, model.config.head_dim
+    assert cache.nbytes == 2 * layers * 2 * kv * 24 * dim * 4
+
+
+def test_greedy_generation_matches_transformers(models):
+    reference, model = models
+    prompt = [5, 17, 2, 40, 11, 9]
+    want = reference.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=0)
+    got = generate(model, [prompt], max_new_tokens=20)[0]
+    assert got.tokens == want[0, len(prompt) :].tolist() and got.finish_reason == "max_tokens"
+
+
+def test_a_padded_batch_generates_what_each_prompt_generates_alone(models):
+    _, model = models
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3], [5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2], [7]]
+    together = generate(model, prompts, max_new_tokens=15)
+    for prompt, batched in zip(prompts, together, strict=True):
+        assert batched.tokens == generate(model, [prompt], max_new_tokens=15)[0].tokens, prompt
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 12, 0.5), (1.0, 1, 0.3)]
+)
+def test_the_sampling_distribution_equals_transformers_warpers(temperature, top_k, top_p):
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(7)) * 3
+    warpers = transformers.LogitsProcessorList([transformers.TemperatureLogitsWarper(temperature)])
+    if top_k:
+        warpers.append(transformers.TopKLogitsWarper(top_k))
+    if top_p < 1:
+        warpers.append(transformers.TopPLogitsWarper(top_p))
+    want = warpers(None, logits.clone()).softmax(-1)
+    got = distribution(logits, Sampling(temperature=temperature, top_k=top_k, top_p=top_p))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_temperature_sharpens_and_greedy_is_the_argmax():
+    logits = torch.randn(1, 30, generator=torch.Generator().manual_seed(1))
+    cold, hot = (distribution(logits, Sampling(temperature=t)).max().item() for t in (0.3, 3.0))
+    assert cold > hot
+    assert choose(logits, Sampling()).item() == logits.argmax().item()
+
+
+def test_a_seed_reproduces_a_sampled_generation(models):
+    _, model = models
+    s = Sampling(temperature=1.0, top_p=0.95, seed=42)
+    first, again = (generate(model, [[1, 2, 3]], max_new_tokens=25, sampling=s)[0].tokens for _ in range(2))
+    other = generate(model, [[1, 2, 3]], max_new_tokens=25, sampling=Sampling(temperature=1.0, seed=43))[0].tokens
+    assert first == again and first != other
+
+
+class SpacedDigits:
+    """A stand-in tokenizer: token i decodes to its number, space-separated."""
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
+def test_stop_tokens_and_stop_strings_end_a_row(models):
+    _, model = models
+    free = generate(model, [[4, 4, 4]], max_new_tokens=12)[0].tokens
+    at = generate(model, [[4, 4, 4]], max_new_tokens=12, stop_token_ids=[free[2]])[0]
+    assert at.tokens == free[: free.index(free[2]) + 1] and at.finish_reason == "stop_token"
+    needle = str(free[3])
+    cut = generate(model, [[4, 4, 4]], max_new_tokens=12, stop_strings=[needle], tokenizer=SpacedDigits())[0]
+    assert cut.finish_reason == "stop_string" and needle not in cut.text
+    assert cut.text == SpacedDigits().decode(free)[: SpacedDigits().decode(free).find(needle)]
+
+
+def test_bad_requests_are_refused_with_the_limit(models):
+    _, model = models
+    with pytest.raises(
+        ValueError, match=r"60 tokens plus max_new_tokens=10 exceeds the model's context of 64.*at most 4"
+    ):
+        generate(model, [[1] * 60], max_new_tokens=10)
+    with pytest.raises(ValueError, match="every prompt at least one token"):
+        generate(model, [[1, 2], []])
+    with pytest.raises(ValueError, match=r"token ids \[96\] are outside the vocabulary of 96"):
+        generate(model, [[1, 96]])
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        generate(model, [[1]], max_new_tokens=0)
+    with pytest.raises(ValueError, match="stop_strings need a tokenizer"):
+        generate(model, [[1]], stop_strings=["x"])
+    for bad in ({"temperature": -1}, {"top_k": -2}, {"top_p": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Sampling(**bad)
