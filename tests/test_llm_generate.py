@@ -4,10 +4,11 @@ transformers' warpers, seeds reproduce, stops stop, and bad requests are refused
 import pytest
 import torch
 import transformers
+from torch._dynamo.utils import counters
 
 from common.llm import load_pretrained
 from common.llm.cache import StaticCache
-from common.llm.generate import Sampling, choose, distribution, generate
+from common.llm.generate import Sampling, choose, compiled_step, distribution, generate
 
 TINY = {
     "vocab_size": 96,
@@ -124,3 +125,19 @@ def test_bad_requests_are_refused_with_the_limit(models):
     for bad in ({"temperature": -1}, {"top_k": -2}, {"top_p": 0.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Sampling(**bad)
+
+
+@pytest.mark.slow
+def test_a_compiled_decode_step_generates_what_eager_generates(models):
+    _, model = models
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]
+    eager = generate(model, prompts, max_new_tokens=12)
+    compiled = generate(model, prompts, max_new_tokens=12, compile=True)
+    assert [g.tokens for g in compiled] == [g.tokens for g in eager]
+    step = compiled_step(model)
+    first = step.compile_seconds
+    assert first is not None and first > 0
+    graphs = counters["stats"]["unique_graphs"]
+    again = generate(model, [[7, 7, 7, 7, 7], [1, 2]], max_new_tokens=12, compile=True)  # same shapes
+    assert counters["stats"]["unique_graphs"] == graphs, "the compiled step was reused, not compiled again"
+    assert step.compile_seconds == first and len(again) == 2

@@ -30,19 +30,36 @@ class StaticCache:
         self.v = torch.zeros(shape, dtype=dtype)
         self.valid = torch.zeros(batch, max_tokens, dtype=torch.bool)
         self.batch, self.max_tokens, self.length = batch, max_tokens, 0
+        # Static-shape mode, for a compiled decode step: the slot being written is a tensor, and attention
+        # spans all max_tokens slots (the unwritten ones masked), so every step has the same shapes and
+        # no Python number changes between steps: the compiled graph is reused.
+        self.slot: torch.Tensor | None = None
+        self._all_slots = torch.arange(max_tokens)
 
     @property
     def nbytes(self) -> int:
         """Memory reserved, used or not: 2 (K and V) x layers x batch x kv_heads x max_tokens x head_dim x size."""
         return self.k.nbytes + self.v.nbytes
 
+    def static(self) -> None:
+        """Switch to static shapes from the next slot on (after an eager prefill, say)."""
+        self.slot = torch.tensor([self.length])
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.slot is not None:
+            self.k[layer].index_copy_(2, self.slot, k)
+            self.v[layer].index_copy_(2, self.slot, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def attention_mask(self, new_tokens: int, valid: torch.Tensor | None) -> torch.Tensor:
+        if self.slot is not None:  # one new token at self.slot; every slot up to it that holds a real token
+            self.valid.index_fill_(1, self.slot, True)
+            keys = self._all_slots[None, None, None, :]
+            return ((keys <= self.slot) & self.valid[:, None, None, :]) | (keys == self.slot)
         end = self.length + new_tokens
         if end > self.max_tokens:
             raise ValueError(f"the cache holds {self.max_tokens} tokens a row; {end} were asked for")
@@ -55,9 +72,11 @@ class StaticCache:
         return mask | (slots[None, :] == slots[self.length :, None])[None, None]
 
     def advance(self, new_tokens: int) -> None:
+        if self.slot is not None:
+            self.slot += new_tokens  # in place: the compiled step sees the same tensor, a new value
         self.length += new_tokens
 
     def reset(self) -> None:
         """Empty, for the next batch, without freeing (or re-faulting) the memory."""
-        self.length = 0
+        self.length, self.slot = 0, None
         self.valid.zero_()

@@ -12,6 +12,8 @@ and a token is drawn from what is left with a seeded generator, so a seed reprod
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,6 +72,41 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     return torch.multinomial(distribution(logits, sampling), 1, generator=generator).squeeze(-1)
 
 
+class DecodeStep:
+    """One decode step (a token per row in, the next logits out), eager or compiled with `torch.compile`.
+
+    Compiled, it runs on a cache in static-shape mode (`StaticCache.static`): every step has the same
+    shapes, so one graph serves every step of every generation with the same batch and cache size.
+    `compile_seconds` is what the first call cost, compiling included.
+    """
+
+    def __init__(self, model: Decoder, compile: bool = False):
+        self.model, self.compiled = model, compile
+        self._fn = torch.compile(self._step, dynamic=False) if compile else self._step
+        self.compile_seconds: float | None = None
+
+    def _step(self, token: torch.Tensor, position: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        return self.model(token, position, cache)[:, -1]
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        if self.compiled and self.compile_seconds is None:
+            t0 = time.perf_counter()
+            out = self._fn(token, position, cache)
+            self.compile_seconds = time.perf_counter() - t0
+            return out
+        return self._fn(token, position, cache)
+
+
+_compiled_steps: weakref.WeakKeyDictionary[Decoder, DecodeStep] = weakref.WeakKeyDictionary()
+
+
+def compiled_step(model: Decoder) -> DecodeStep:
+    """The model's compiled decode step, made once and reused (compiling takes seconds)."""
+    if model not in _compiled_steps:
+        _compiled_steps[model] = DecodeStep(model, compile=True)
+    return _compiled_steps[model]
+
+
 @dataclass
 class Generation:
     """One prompt's continuation: its new tokens, their text if a tokenizer was given, and why it stopped."""
@@ -101,12 +138,15 @@ def generate(
     stop_strings: Sequence[str] = (),
     tokenizer: object | None = None,
     pad_id: int = 0,
+    compile: bool = False,
 ) -> list[Generation]:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens`, all in one batch.
 
     A row stops at a token of `stop_token_ids` (kept) or when its text contains one of `stop_strings`
     (which needs `tokenizer`, anything with `decode(ids)`; the text is cut before the stop string).
     A prompt that, with `max_new_tokens`, would not fit the model's context is refused with the limit.
+    `compile=True` runs the decode steps through `compiled_step(model)` (static shapes; the first call
+    compiles, which takes seconds); eager is the default.
     """
     config = model.config
     rows = _prompts(prompts, config.vocab_size)
@@ -132,8 +172,11 @@ def generate(
     cache = StaticCache(config, b, longest + max_new_tokens, dtype=dtype)
     generator = None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
 
-    logits = model(ids, positions, cache, valid)[:, -1]
+    logits = model(ids, positions, cache, valid)[:, -1]  # prefill, eager
     position = positions[:, -1:]
+    step_fn = compiled_step(model) if compile else DecodeStep(model)
+    if compile:
+        cache.static()
     out: list[list[int]] = [[] for _ in range(b)]
     reasons: list[str | None] = [None] * b
     texts: list[str | None] = [None] * b
@@ -154,7 +197,9 @@ def generate(
         if all(r is not None for r in reasons) or step == max_new_tokens - 1:
             break
         position = position + 1
-        logits = model(token[:, None], position, cache)[:, -1]
+        logits = step_fn(token[:, None], position, cache)
+        if cache.slot is not None:
+            cache.advance(1)
     results = []
     for i in range(b):
         text = texts[i]

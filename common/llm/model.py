@@ -152,7 +152,8 @@ def rotary_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of position x frequency, (batch, seq, head_dim), each frequency repeated for both
     halves of a head (the "rotate half" layout Hugging Face checkpoints are trained with)."""
-    seq_len = int(positions.max()) + 1 if positions.numel() else 0
+    dynamic = config.rope_scaling.get("rope_type") == "dynamic"
+    seq_len = int(positions.max()) + 1 if dynamic and positions.numel() else None  # only dynamic needs it
     inv_freq = rope_frequencies(config, seq_len).to(positions.device)
     angles = positions.to(torch.float32)[..., None] * inv_freq  # computed in float32 whatever the model dtype
     angles = torch.cat((angles, angles), dim=-1)
@@ -285,10 +286,11 @@ class Decoder(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         b, s = input_ids.shape
-        start = 0 if cache is None else cache.length
-        if positions is None:
+        if positions is None:  # (a compiled step passes positions: reading cache.length would specialise on it)
+            start = 0 if cache is None else cache.length
             positions = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
-        if s and (end := int(positions.max()) + 1) > self.config.max_position_embeddings:
+        static = getattr(cache, "slot", None) is not None  # a compiled decode step: checked by the caller
+        if s and not static and (end := int(positions.max()) + 1) > self.config.max_position_embeddings:
             raise ValueError(
                 f"{end} tokens exceed the model's context of {self.config.max_position_embeddings} positions"
             )
@@ -297,8 +299,8 @@ class Decoder(nn.Module):
         step = Step(cos, sin, None if cache is None else cache.attention_mask(s, valid), cache)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, step, i)
-        if cache is not None:
-            cache.advance(s)
+        if cache is not None and not static:
+            cache.advance(s)  # a static step leaves it to the caller, outside the compiled graph
         return self.lm_head(self.model.norm(x))
 
 
