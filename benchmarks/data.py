@@ -192,15 +192,10 @@ def plot(rows: list[dict[str, Any]], goals: list[dict[str, Any]], path: Path, qu
     ):
         part_rows = [r for r in rows if r["part"] == part]
         values = [r[key] * scale for r in part_rows]
-        ax.barh([r["name"] for r in part_rows], values, color="tab:blue")
-        for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel(unit)
+        bench.labelled_barh(ax, [r["name"] for r in part_rows], values, fmt=".3g", xlabel=unit, title=part)
         ax.tick_params(axis="y", labelsize=7)
         if part != "pipeline":
             ax.set_xscale("log")
-        ax.set_title(part)
     summary = "; ".join(f"{g['target']}: {g['value']:.1f}x" for g in goals)
     bench.save_figure(fig, path, "data path", quick, summary)
 

@@ -286,13 +286,10 @@ def plot(rows: list[dict[str, Any]], goals: list[dict[str, Any]], path: Path, qu
     ax.set_xlabel("GB/s, one core")
     ax.set_title(f"AES-256-GCM: envelope streams vs openssl speed ({env[0]['payload_bytes'] >> 20} MiB payload)")
     load = [r for r in rows if r["part"] == "model load"]
-    ax = axes[0][1]
-    ax.barh([r["name"] for r in load], [r["median_ms"] for r in load], color="tab:blue")
-    for i, r in enumerate(load):
-        ax.text(r["median_ms"], i, f" {r['median_ms']:.1f}", va="center", fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("ms (median)")
-    ax.set_title(f"loading {MINILM_NAME} ({load[0]['bytes'] / 1e6:.0f} MB of weights)")
+    bench.labelled_barh(
+        axes[0][1], [r["name"] for r in load], [r["median_ms"] for r in load],
+        fmt=".1f", xlabel="ms (median)", title=f"loading {MINILM_NAME} ({load[0]['bytes'] / 1e6:.0f} MB of weights)",
+    )  # fmt: skip
     wrap = [r for r in rows if r["part"] == "re-wrap"]
     ax = axes[1][0]
     ax.bar([r["name"] for r in wrap], [r["median_ms"] for r in wrap], color="tab:purple")
