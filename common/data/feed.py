@@ -134,7 +134,8 @@ class Throughput:
 def drive(batches: Iterable[Batch], model: nn.Module | None = None) -> Throughput:
     """Consume every batch (running the model on it in inference mode, if given) and time it all,
     reading the source included."""
-    rows, kinds = 0, dict[str, None]()
+    rows = 0
+    kinds: dict[str, None] = {}  # the batch types seen, in order (a dict as an ordered set)
     if model is not None:
         model.eval()
     t0 = time.perf_counter()

@@ -175,10 +175,8 @@ class PagedKVCache:
         return torch.stack([torch.arange(k, k + new_tokens) for k in self._known])
 
     def attention_mask(self, new_tokens: int, valid: torch.Tensor | None) -> torch.Tensor:
-        ends = torch.tensor([k + new_tokens for k in self._known])
-        width = int(ends.max())
-        keys = torch.arange(width)[None, None, :]
-        queries = torch.stack([torch.arange(k, k + new_tokens) for k in self._known])[:, :, None]
+        queries = self.positions(new_tokens)[:, :, None]
+        keys = torch.arange(int(queries.max()) + 1)[None, None, :]
         return (keys <= queries)[:, None]  # (batch, 1, new, width): causal; shorter rows' tail masked
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
