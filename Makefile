@@ -29,7 +29,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab serve test test-unit test-notebooks html bench perf-gate lint format strip clean lock
+.PHONY: help setup lab serve test test-unit test-notebooks html bench model perf-gate lint format strip clean lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ html: $(STAMP) ## execute every notebook to HTML under build/ (M=03 for one modu
 
 bench: $(STAMP) ## run the side-by-side benchmarks; results and plots in benchmarks/results/
 	$(BIN)/python -m benchmarks
+
+model: $(STAMP) ## retrain the shipped default LLM (common/llm/default_model) from the stdlib: ~5 min on 2 cores
+	$(BIN)/python -m common.llm.train --force
 
 perf-gate: $(STAMP) ## fail when batched/unbatched server throughput drops under 2x
 	$(BIN)/python -m benchmarks.perf_gate

@@ -93,3 +93,26 @@ def test_paging_wastes_little_where_contiguous_reservation_wastes_most():
     assert r.used == sum(lengths) <= r.paged <= r.contiguous
     with pytest.raises(ValueError, match="does not fit max_tokens=64"):
         reservation([65], max_tokens=64, block_size=16)
+
+
+def test_generate_paged_equals_generate_and_reuses_a_shared_prefix(model):
+    from common.llm.generate import generate_paged
+
+    system = list(range(10, 42))  # four full blocks
+    prompts = [[*system, 1, 2, 3], [*system, 9], [5, 6, 7]]
+    cache = PagedKVCache(CONFIG, num_blocks=40, block_size=BLOCK)
+    got = generate_paged(model, cache, prompts, max_new_tokens=10)
+    for prompt, g in zip(prompts, got, strict=True):
+        assert g.tokens == generate(model, [prompt], max_new_tokens=10)[0].tokens
+        assert g.finish_reason == "max_tokens"
+    assert cache.manager.used == 0, "every block is released"
+    assert cache.manager.hits == 4  # the second prompt found the first one's four system blocks
+    again = generate_paged(model, cache, [system], max_new_tokens=3)  # wholly cached: the last token is redone
+    assert again[0].tokens == generate(model, [system], max_new_tokens=3)[0].tokens
+    stop = got[0].tokens[2]
+    stopped = generate_paged(model, cache, prompts[:1], max_new_tokens=10, stop_token_ids=[stop])[0]
+    assert stopped.tokens == got[0].tokens[: got[0].tokens.index(stop) + 1] and stopped.finish_reason == "stop_token"
+    with pytest.raises(OutOfBlocks):
+        generate_paged(model, PagedKVCache(CONFIG, num_blocks=3, block_size=BLOCK), prompts, max_new_tokens=4)
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+        generate_paged(model, cache, [[1] * 120], max_new_tokens=10)

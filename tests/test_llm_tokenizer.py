@@ -7,6 +7,7 @@ import pytest
 import transformers
 from tokenizers import Tokenizer, models
 
+from common.llm.corpus import stdlib_corpus
 from common.llm.tokenizer import (
     BYTES,
     EOS,
@@ -16,7 +17,6 @@ from common.llm.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from common.llm.train import stdlib_corpus
 
 VOCAB = 512
 

@@ -2,6 +2,7 @@
 logits, a loss that fell, the same bytes from the same seed, and clear errors for bad arguments.
 The full default model is never trained here (minutes); `python -m common.llm.train` does that."""
 
+import dataclasses
 import json
 import math
 import re
@@ -12,19 +13,12 @@ import safetensors
 import torch
 import transformers
 
-import common.llm.default as default
 from common.llm import load_pretrained
+from common.llm.corpus import EXCLUDED_DIRS, python_files, stdlib_corpus
+from common.llm.evaluate import perplexity
 from common.llm.model import DecoderConfig
 from common.llm.tokenizer import load_tokenizer
-from common.llm.train import (
-    EXCLUDED_DIRS,
-    Recipe,
-    build,
-    main,
-    perplexity,
-    python_files,
-    stdlib_corpus,
-)
+from common.llm.train import Recipe, build, main
 
 TINY = Recipe(
     steps=30,
@@ -137,23 +131,14 @@ def test_perplexity_matches_a_plain_loop(built):
         perplexity(model, tokens, 64)
 
 
-def test_same_seed_same_bytes_via_the_cache(built, corpus, tmp_path, monkeypatch):
-    """ensure_default_model builds once into $HPAI_CACHE, atomically, and gives the same weights."""
-    monkeypatch.setenv("HPAI_CACHE", str(tmp_path))
-    folder = default.default_model_dir(recipe=TINY, corpus=corpus)
-    assert folder.parent == tmp_path / "llm" and folder.name.startswith("default-")
-    assert default.ensure_default_model(False, recipe=TINY, corpus=corpus) == folder
+def test_same_seed_same_bytes(built, corpus, tmp_path):
+    """A second build of the same recipe and corpus writes the same files, and no temporary folder."""
+    build(tmp_path / "again", TINY, corpus, progress=False)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
-        assert (folder / name).read_bytes() == (built[0] / name).read_bytes(), name
-    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left behind
-
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("a cached model was rebuilt")
-
-    monkeypatch.setattr(default, "build", no_rebuild)
-    assert default.ensure_default_model(False, recipe=TINY, corpus=corpus) == folder
-    other = default.default_model_dir(recipe=Recipe(seed=1), corpus=corpus)
-    assert other != folder
+        assert (tmp_path / "again" / name).read_bytes() == (built[0] / name).read_bytes(), name
+    assert [p.name for p in tmp_path.iterdir()] == ["again"]
+    build(tmp_path / "seed1", dataclasses.replace(TINY, seed=1), corpus, progress=False)
+    assert (tmp_path / "seed1" / "model.safetensors").read_bytes() != (built[0] / "model.safetensors").read_bytes()
 
 
 def test_build_refuses_to_overwrite_unless_asked(built, corpus, tmp_path):

@@ -1,4 +1,4 @@
-"""Reading a Hugging Face model folder into a `Decoder`: `config.json` plus safetensors, never pickle.
+"""Hugging Face model folders: reading one into a `Decoder` (safetensors, never pickle) and writing one.
 
 A folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`. Tensors are
 loaded by name and checked against the model before any is used: a missing, unexpected or misshapen
@@ -11,15 +11,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import safetensors
+import safetensors.torch
+import tokenizers
 import torch
 
 from common.llm.model import Decoder, DecoderConfig
+from common.llm.tokenizer import eos_id, save_tokenizer
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -98,3 +104,63 @@ def load_pretrained(folder: str | os.PathLike[str], *, dtype: torch.dtype = torc
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def hf_config(config: DecoderConfig, dtype: str, eos: int) -> dict[str, Any]:
+    """The `config.json` of a Llama checkpoint, readable by `DecoderConfig.from_hf` and by transformers
+    4 (`rope_theta`, `torch_dtype`) and 5 (`rope_parameters`, `dtype`)."""
+    if config.architecture != "LlamaForCausalLM" or config.rope_scaling or config.attention_bias:
+        raise ValueError("only plain Llama configs (no rope scaling, no attention bias) are written")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": config.mlp_bias,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "initializer_range": 0.02,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": eos,
+        "use_cache": True,
+        "torch_dtype": dtype,
+        "dtype": dtype,
+    }
+
+
+def save_pretrained(
+    model: Decoder, tokenizer: tokenizers.Tokenizer, folder: str | os.PathLike[str], dtype: str = "float16"
+) -> Path:
+    """Write a Hugging Face folder: config.json, model.safetensors (HF names, weights in `dtype`; a tied
+    lm_head is not stored, as transformers does), tokenizer.json + tokenizer_config.json, generation_config.json."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    eos = eos_id(tokenizer)
+    if tokenizer.get_vocab_size() != model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary is {model.config.vocab_size}"
+        )
+    state = {n: t.detach().to(DTYPES[dtype]).contiguous() for n, t in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        del state["lm_head.weight"]
+    safetensors.torch.save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    config = hf_config(model.config, dtype, eos)
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "do_sample": False}
+    (folder / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
+    save_tokenizer(tokenizer, folder, model_max_length=model.config.max_position_embeddings)
+    return folder

@@ -21,6 +21,7 @@ import torch
 
 from common.llm.cache import StaticCache
 from common.llm.model import Decoder
+from common.llm.paged import PagedKVCache
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,17 @@ def _prompts(prompts: Sequence[Sequence[int]], vocab: int) -> list[list[int]]:
     return out
 
 
+def _check_fits(rows: list[list[int]], max_new_tokens: int, context: int) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    longest = max(map(len, rows))
+    if longest + max_new_tokens > context:
+        raise ValueError(
+            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's context of "
+            f"{context} tokens: shorten the prompt or ask for at most {max(context - longest, 0)} new tokens"
+        )
+
+
 @torch.inference_mode()
 def generate(
     model: Decoder,
@@ -150,17 +162,10 @@ def generate(
     """
     config = model.config
     rows = _prompts(prompts, config.vocab_size)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    _check_fits(rows, max_new_tokens, config.max_position_embeddings)
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text")
     longest = max(map(len, rows))
-    if longest + max_new_tokens > config.max_position_embeddings:
-        raise ValueError(
-            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's context of "
-            f"{config.max_position_embeddings} tokens: shorten the prompt or ask for at most "
-            f"{max(config.max_position_embeddings - longest, 0)} new tokens"
-        )
     b = len(rows)
     ids = torch.full((b, longest), pad_id, dtype=torch.long)
     valid = torch.zeros(b, longest, dtype=torch.bool)
@@ -207,3 +212,58 @@ def generate(
             text = tokenizer.decode(out[i])  # type: ignore[attr-defined]
         results.append(Generation(out[i], reasons[i] or "max_tokens", text))
     return results
+
+
+@torch.inference_mode()
+def generate_paged(
+    model: Decoder,
+    cache: PagedKVCache,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 64,
+    sampling: Sampling = Sampling(),
+    stop_token_ids: Sequence[int] = (),
+) -> list[Generation]:
+    """`generate` on a paged cache: each prompt gets a block table, and the leading full blocks that the
+    prefix cache already holds (a shared system prompt, say) are not computed again. Rows decode together
+    and take a block only when their last one fills; a row that stops leaves the batch. Every block is
+    released at the end (keeping its hash, so a later prompt with the same prefix still hits).
+    """
+    rows = _prompts(prompts, model.config.vocab_size)
+    _check_fits(rows, max_new_tokens, model.config.max_position_embeddings)
+    manager, stops = cache.manager, set(map(int, stop_token_ids))
+    generator = None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
+    seqs = []
+    try:
+        for row in rows:
+            seqs.append(manager.allocate(row))
+        logits = []
+        for seq in seqs:  # prefill one by one: each starts where its cached prefix ends
+            known = min(seq.cached_tokens, len(seq) - 1)  # a fully cached prompt recomputes its last token
+            new = torch.tensor([seq.tokens[known:]])
+            view = cache.batch([seq], [known])
+            logits.append(model(new, view.positions(new.shape[1]), view)[:, -1])
+        out: list[list[int]] = [[] for _ in rows]
+        reasons: list[str | None] = [None] * len(rows)
+        active, last = list(range(len(rows))), torch.cat(logits)
+        for step in range(max_new_tokens):
+            tokens = choose(last, sampling, generator).tolist()
+            still = []
+            for i, t in zip(active, tokens, strict=True):
+                out[i].append(t)
+                if t in stops:
+                    reasons[i] = "stop_token"
+                elif step < max_new_tokens - 1:
+                    still.append((i, t))
+            if not still:
+                break
+            active = [i for i, _ in still]
+            for i, t in still:
+                manager.append(seqs[i], t)
+            view = cache.batch([seqs[i] for i in active], [len(seqs[i]) - 1 for i in active])
+            ids = torch.tensor([[t] for _, t in still])
+            last = model(ids, view.positions(1), view)[:, -1]
+    finally:
+        for seq in seqs:
+            manager.release(seq)
+    return [Generation(o, r or "max_tokens") for o, r in zip(out, reasons, strict=True)]

@@ -5,149 +5,42 @@ quantisation vs perplexity) on a laptop with no GPU and no internet after setup.
 library is the one corpus every machine already has, it is real code, and a few minutes on two CPU cores
 teach a 4M-parameter model enough to write things that look like Python.
 
-The pipeline, one function a step: `stdlib_corpus` (the files, sorted, every 20th held out, a digest),
-`train_tokenizer` (byte-level BPE, common.llm.tokenizer), `train` (AdamW, warmup then cosine, seeded and
-deterministic), `save_pretrained` (a Hugging Face folder that `load_pretrained` and `transformers` both
-read), `perplexity` (on the held-out files, with the weights as saved). `build` runs them all and writes
-`training.json` with the figures; `python -m common.llm.train` is its command line.
+The pipeline, one function a step: `stdlib_corpus` (common.llm.corpus), `train_tokenizer` (byte-level
+BPE, common.llm.tokenizer), `train` (here: AdamW, warmup then cosine, seeded and deterministic),
+`save_pretrained` (common.llm.checkpoint: a folder `load_pretrained` and `transformers` both read) and
+held-out perplexity (common.llm.evaluate, on the weights as saved). `build` runs them all and writes
+`training.json` with the figures; `python -m common.llm.train` is its command line, and `make model`
+rebuilds the model the repository ships (common/llm/default_model) with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
 import platform
 import shutil
 import sys
-import sysconfig
 import tempfile
 import time
-import tokenize
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import tokenizers
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.llm.checkpoint import CONFIG, WEIGHTS, load_pretrained
+from common.llm.checkpoint import DTYPES, load_pretrained, save_pretrained
+from common.llm.corpus import HELDOUT_EVERY, Corpus, stdlib_corpus, token_stream
+from common.llm.default import DEFAULT_MODEL_DIR, TRAINING_FILE
+from common.llm.evaluate import total_nll
 from common.llm.model import Decoder, DecoderConfig
-from common.llm.tokenizer import eos_id, save_tokenizer, train_tokenizer
-
-# Not code a learner would write, or not the standard library: the test suites (half the stdlib), IDLE,
-# installed packages, generated codec tables (encodings/cp*.py are 256-entry string literals) and the
-# help topics (pydoc_data/topics.py is one 700 KB string).
-EXCLUDED_DIRS = frozenset(
-    {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__", "encodings", "pydoc_data"}
-)
-HELDOUT_EVERY = 20
-TRAINING_FILE = "training.json"
-GENERATION_CONFIG = "generation_config.json"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-# ---------------------------------------------------------------- corpus
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Source files split by file into train and held-out, with a digest of every path and byte."""
-
-    root: Path
-    train_files: tuple[str, ...]  # paths relative to root, sorted
-    heldout_files: tuple[str, ...]
-    train_texts: tuple[str, ...] = field(repr=False)
-    heldout_texts: tuple[str, ...] = field(repr=False)
-    digest: str  # sha256 over (relative path, file bytes) of both splits: names the corpus a model saw
-    heldout_every: int = HELDOUT_EVERY
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "root": str(self.root),
-            "digest": self.digest,
-            "python_version": platform.python_version(),
-            "train_files": len(self.train_files),
-            "heldout_files": len(self.heldout_files),
-            "train_chars": sum(map(len, self.train_texts)),
-            "heldout_chars": sum(map(len, self.heldout_texts)),
-            "heldout_every": self.heldout_every,
-            "excluded_dirs": sorted(EXCLUDED_DIRS),
-        }
-
-
-def python_files(root: str | os.PathLike[str], excluded_dirs: frozenset[str] = EXCLUDED_DIRS) -> list[str]:
-    """Every `.py` under `root` outside `excluded_dirs`, relative, in a fixed (sorted POSIX path) order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"corpus root {root} is not a directory")
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in excluded_dirs]  # pruned, not walked: site-packages can be huge
-        rel = Path(folder).relative_to(root)
-        found += [(rel / name).as_posix() for name in files if name.endswith(".py")]
-    return sorted(found)
-
-
-def stdlib_corpus(
-    root: str | os.PathLike[str] | None = None, *, heldout_every: int = HELDOUT_EVERY, max_files: int | None = None
-) -> Corpus:
-    """The standard library's own source (or any folder of `.py` files), every `heldout_every`-th file
-    held out for perplexity. `max_files` keeps the first files only, for quick tests.
-
-    The exact files differ between Python versions, so a model records this corpus's digest and the
-    Python version it was trained on.
-    """
-    if heldout_every < 2:
-        raise ValueError(f"heldout_every must be >= 2 (1 would hold out every file), got {heldout_every}")
-    if max_files is not None and max_files < 1:
-        raise ValueError(f"max_files must be a positive number of files or None (all), got {max_files}")
-    root = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
-    files = python_files(root)[:max_files]
-    heldout = [i % heldout_every == heldout_every - 1 for i in range(len(files))]
-    if not any(heldout) or all(heldout):
-        raise ValueError(
-            f"{root} gives {len(files)} .py files: too few to hold out every {heldout_every}th and still train; "
-            f"need at least {heldout_every} files (or a smaller heldout_every)"
-        )
-    digest = hashlib.sha256()
-    texts = []
-    for rel in files:
-        path = root / rel
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-        try:
-            with tokenize.open(path) as f:  # honours a file's coding cookie, as Python itself does
-                texts.append(f.read())
-        except (SyntaxError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not readable Python source: {exc}") from None
-    return Corpus(
-        root=root,
-        train_files=tuple(f for f, h in zip(files, heldout, strict=True) if not h),
-        heldout_files=tuple(f for f, h in zip(files, heldout, strict=True) if h),
-        train_texts=tuple(t for t, h in zip(texts, heldout, strict=True) if not h),
-        heldout_texts=tuple(t for t, h in zip(texts, heldout, strict=True) if h),
-        digest=digest.hexdigest(),
-        heldout_every=heldout_every,
-    )
-
-
-def token_stream(tokenizer: tokenizers.Tokenizer, texts: Sequence[str]) -> torch.Tensor:
-    """All texts as one 1-D id tensor, each document preceded by `<|endoftext|>`, so the model learns
-    where a file starts and a prompt can begin with that token (as GPT-2 separates documents)."""
-    eos = torch.tensor([eos_id(tokenizer)])
-    pieces = []
-    for i in range(0, len(texts), 64):  # in chunks: an Encoding per token costs far more than its id
-        for encoding in tokenizer.encode_batch(list(texts[i : i + 64]), add_special_tokens=False):
-            pieces += [eos, torch.tensor(encoding.ids, dtype=torch.int64)]
-    return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.int64)
-
+from common.llm.tokenizer import train_tokenizer
 
 # ---------------------------------------------------------------- recipe
 
@@ -311,96 +204,6 @@ def train(tokens: torch.Tensor, vocab_size: int, recipe: Recipe = Recipe(), *, p
     return TrainResult(model.eval(), losses, seconds, recipe.steps * recipe.batch_size * recipe.context)
 
 
-@torch.no_grad()
-def perplexity(model: Decoder, tokens: torch.Tensor, context: int | None = None, batch_size: int = 16) -> float:
-    """exp(mean next-token loss) over a 1-D id stream, cut into windows of `context` + 1 tokens that
-    overlap by one, so every token but the first is predicted exactly once (with what precedes it in
-    its window as context). The same definition later modules hold quantised models to."""
-    return math.exp(_total_nll(model, tokens, context, batch_size)[0] / max(1, tokens.numel() - 1))
-
-
-def _total_nll(model: Decoder, tokens: torch.Tensor, context: int | None, batch_size: int) -> tuple[float, int]:
-    context = context or model.config.max_position_embeddings
-    if tokens.dim() != 1 or tokens.numel() < 2:
-        raise ValueError(f"tokens must be a 1-D stream of at least 2 ids, got shape {tuple(tokens.shape)}")
-    if context > model.config.max_position_embeddings:
-        raise ValueError(f"context {context} exceeds the model's {model.config.max_position_embeddings} positions")
-    starts = list(range(0, tokens.numel() - 1, context))
-    windows = [tokens[s : s + context + 1] for s in starts]
-    full = [w for w in windows if w.numel() == context + 1]
-    total, count = 0.0, 0
-    groups = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
-    groups += [w[None] for w in windows if w.numel() != context + 1]  # the ragged tail, on its own
-    for batch in groups:
-        logits = model(batch[:, :-1]).float()
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum").item()
-        count += batch[:, 1:].numel()
-    return total, count
-
-
-# ---------------------------------------------------------------- saving
-
-
-def hf_config(config: DecoderConfig, dtype: str, eos: int) -> dict[str, Any]:
-    """The `config.json` of a Llama checkpoint, readable by `DecoderConfig.from_hf` and by transformers
-    4 (`rope_theta`, `torch_dtype`) and 5 (`rope_parameters`, `dtype`)."""
-    if config.architecture != "LlamaForCausalLM" or config.rope_scaling or config.attention_bias:
-        raise ValueError("only plain Llama configs (no rope scaling, no attention bias) are written")
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_position_embeddings,
-        "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": config.mlp_bias,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "initializer_range": 0.02,
-        "bos_token_id": eos,
-        "eos_token_id": eos,
-        "pad_token_id": eos,
-        "use_cache": True,
-        "torch_dtype": dtype,
-        "dtype": dtype,
-    }
-
-
-def save_pretrained(
-    model: Decoder, tokenizer: tokenizers.Tokenizer, folder: str | os.PathLike[str], dtype: str = "float16"
-) -> Path:
-    """Write a Hugging Face folder: config.json, model.safetensors (HF names, weights in `dtype`; a tied
-    lm_head is not stored, as transformers does), tokenizer.json + tokenizer_config.json, generation_config.json."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    eos = eos_id(tokenizer)
-    if tokenizer.get_vocab_size() != model.config.vocab_size:
-        raise ValueError(
-            f"tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary is {model.config.vocab_size}"
-        )
-    state = {n: t.detach().to(DTYPES[dtype]).contiguous() for n, t in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        del state["lm_head.weight"]
-    safetensors.torch.save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
-    config = hf_config(model.config, dtype, eos)
-    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    generation = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "do_sample": False}
-    (folder / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
-    save_tokenizer(tokenizer, folder, model_max_length=model.config.max_position_embeddings)
-    return folder
-
-
 # ---------------------------------------------------------------- the whole build
 
 
@@ -466,7 +269,7 @@ def _build_into(folder: Path, recipe: Recipe, corpus: Corpus | None, progress: b
     save_pretrained(result.model, tokenizer, folder, recipe.dtype)
     began_eval = time.perf_counter()
     saved = load_pretrained(folder)  # measured as saved: the storage dtype's rounding included
-    nll, predicted = _total_nll(saved, heldout_tokens, recipe.context, 16)
+    nll, predicted = total_nll(saved, heldout_tokens, recipe.context, 16)
     eval_seconds = time.perf_counter() - began_eval
     heldout_bytes = sum(len(t.encode()) for t in corpus.heldout_texts)
     summary = {
@@ -505,30 +308,27 @@ def _build_into(folder: Path, recipe: Recipe, corpus: Corpus | None, progress: b
 # ---------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: `kind(text)`, which must be finite and > 0 (the message names what was given)."""
+    name = "integer" if kind is int else "number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {name}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {name}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+_positive_int, _positive_float = _positive(int), _positive(float)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m common.llm.train`: build the default model (into the cache unless --out is given)."""
-    from common.llm.default import default_model_dir  # default imports this module: import here
-
     d = Recipe()
     parser = argparse.ArgumentParser(
         prog="python -m common.llm.train",
@@ -536,7 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--out", type=Path, default=argparse.SUPPRESS, help="the model folder to write [default: in the cache]"
+        "--out",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the model folder to write [default: the shipped common/llm/default_model, with --force]",
     )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--steps", type=_positive_int, default=d.steps, help="optimizer steps")
@@ -565,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus = stdlib_corpus(heldout_every=args.heldout_every, max_files=getattr(args, "max_files", None))
     except ValueError as exc:
         parser.error(str(exc))
-    out = getattr(args, "out", None) or default_model_dir(recipe=recipe, corpus=corpus)
+    out = getattr(args, "out", None) or DEFAULT_MODEL_DIR
     try:
         summary = build(out, recipe, corpus, progress=not args.quiet, overwrite=args.force)
     except FileExistsError as exc:

@@ -1,0 +1,110 @@
+"""Where a decoder's time and memory go, counted from its config: parameters, KV bytes, FLOPs, bytes moved.
+
+Why count rather than only time: the counts say which ceiling a forward pass meets. A decode step does
+about 2 FLOPs per parameter per token but must read every weight once per step, so at batch 1 it does
+~0.5 FLOP per byte (float32) and is bound by memory bandwidth; a 512-token prefill reads the same weights
+once for 512 tokens and is bound by the matmul units. `forward_cost` gives both numbers so a notebook can
+place each pass on the machine's roofline (common.bench.plot_roofline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.llm.model import DecoderConfig
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Parameters by where they sit; `matmul` are those every token multiplies (the lm_head included)."""
+
+    embedding: int
+    attention: int
+    mlp: int
+    norms: int
+    lm_head: int  # 0 when tied to the embedding (it is the same tensor)
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.attention + self.mlp + self.norms + self.lm_head
+
+    @property
+    def matmul(self) -> int:
+        """Weights multiplied by every token: the layers' projections and the output head (tied or not).
+        The embedding is a lookup: a token reads one row of it, not the whole table."""
+        return self.attention + self.mlp + self.embedding_head
+
+    @property
+    def embedding_head(self) -> int:
+        return self.lm_head or self.embedding
+
+
+def parameter_count(config: DecoderConfig) -> ParameterCount:
+    """The decoder's parameters from its shape alone (equal to `sum(p.numel())` of the module)."""
+    c = config
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    attention = c.hidden_size * (q + 2 * kv) + q * c.hidden_size
+    attention += (q + 2 * kv) * c.attention_bias + c.hidden_size * c.o_bias
+    mlp = 3 * c.hidden_size * c.intermediate_size + (2 * c.intermediate_size + c.hidden_size) * c.mlp_bias
+    layers = c.num_hidden_layers
+    return ParameterCount(
+        embedding=c.vocab_size * c.hidden_size,
+        attention=layers * attention,
+        mlp=layers * mlp,
+        norms=(2 * layers + 1) * c.hidden_size,
+        lm_head=0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size,
+    )
+
+
+def kv_bytes_per_token(config: DecoderConfig, bytes_per_element: int = 4) -> int:
+    """What one token adds to the KV cache: a key and a value per layer per key-value head."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * bytes_per_element
+
+
+@dataclass(frozen=True)
+class ForwardCost:
+    """One forward pass of `batch` rows, each adding `new_tokens` after `known` cached ones."""
+
+    flops: float  # multiply-adds count 2
+    weight_bytes: float  # every matmul weight read once, plus the embedding rows looked up
+    kv_bytes: float  # the cache read (every key and value attended to) and written (the new ones)
+    tokens: int  # batch * new_tokens: tokens whose logits this pass computes
+
+    @property
+    def bytes(self) -> float:
+        return self.weight_bytes + self.kv_bytes
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte moved: below the machine's ridge, bandwidth bounds the pass; above, compute."""
+        return self.flops / self.bytes
+
+
+def forward_cost(
+    config: DecoderConfig,
+    batch: int,
+    new_tokens: int,
+    known: int = 0,
+    *,
+    weight_bytes_per_param: float = 4,
+    kv_bytes_per_element: int = 4,
+) -> ForwardCost:
+    """FLOPs and minimum bytes of one causal forward: prefill is `known=0, new_tokens=prompt`, a decode
+    step is `new_tokens=1, known=tokens so far`. Activations are left out: at these sizes they stay in
+    cache, and they are small beside the weights except in long prefills.
+
+    `weight_bytes_per_param` is 4 for float32, 2 for float16, ~1 for int8 and ~0.5 for int4 (plus scales).
+    """
+    if batch < 1 or new_tokens < 1 or known < 0:
+        raise ValueError(f"need batch >= 1, new_tokens >= 1, known >= 0; got {batch}, {new_tokens}, {known}")
+    c = config
+    params = parameter_count(c)
+    tokens = batch * new_tokens
+    # Causal: the i-th new token (0-based) attends to known + i + 1 keys.
+    keys = batch * (new_tokens * known + new_tokens * (new_tokens + 1) // 2)
+    attention = 2 * 2 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * keys  # QK^T and PV
+    flops = 2 * params.matmul * tokens + attention
+    weight_bytes = (params.matmul + tokens * c.hidden_size) * weight_bytes_per_param
+    read = batch * (known + new_tokens) * kv_bytes_per_token(c, kv_bytes_per_element)
+    written = tokens * kv_bytes_per_token(c, kv_bytes_per_element)
+    return ForwardCost(float(flops), float(weight_bytes), float(read + written), tokens)

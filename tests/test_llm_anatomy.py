@@ -1,0 +1,71 @@
+"""The cost model of common.llm.anatomy, held to the module it describes: parameters to `numel`, matmul
+FLOPs to torch's own FLOP counter, and the roofline story (decode far below prefill in FLOP/byte)."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.llm.anatomy import forward_cost, kv_bytes_per_token, parameter_count
+from common.llm.model import Decoder, DecoderConfig
+
+CONFIGS = {
+    "llama, tied": DecoderConfig(256, 64, 160, 2, 4, 2, 16, tie_word_embeddings=True),
+    "llama, untied, mha": DecoderConfig(300, 48, 96, 3, 3, 3, 16),
+    "qwen2 biases": DecoderConfig(128, 32, 64, 2, 4, 1, 8, attention_bias=True, architecture="Qwen2ForCausalLM"),
+    "llama, all biases": DecoderConfig(128, 32, 64, 1, 2, 2, 16, attention_bias=True, o_bias=True, mlp_bias=True),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_parameter_count_equals_the_module(name):
+    config = CONFIGS[name]
+    model = Decoder(config)
+    assert parameter_count(config).total == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matmul_flops_equal_torchs_flop_counter(name):
+    config = CONFIGS[name]
+    model = Decoder(config).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 12))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(ids)
+    counted = counter.get_flop_counts()["Global"]
+    linear = sum(n for op, n in counted.items() if "mm" in str(op))  # mm, addmm: the projections and lm_head
+    ours = forward_cost(config, batch=2, new_tokens=12)
+    params = parameter_count(config)
+    assert linear == 2 * params.matmul * 24 - 2 * 24 * _bias_params(config)  # FLOP counters skip bias adds
+    assert ours.flops > linear  # plus attention
+
+
+def _bias_params(config: DecoderConfig) -> int:
+    c = config
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    per_layer = (q + 2 * kv) * c.attention_bias + c.hidden_size * c.o_bias
+    per_layer += (2 * c.intermediate_size + c.hidden_size) * c.mlp_bias
+    return c.num_hidden_layers * per_layer
+
+
+def test_kv_bytes_and_decode_is_memory_bound_prefill_is_not():
+    config = CONFIGS["llama, tied"]
+    assert kv_bytes_per_token(config) == 2 * 2 * 2 * 16 * 4  # k and v, 2 layers, 2 kv heads, 16 dims, fp32
+    decode = forward_cost(config, batch=1, new_tokens=1, known=100)
+    prefill = forward_cost(config, batch=1, new_tokens=512)
+    assert decode.intensity < 1 < 100 < prefill.intensity
+    assert forward_cost(config, 8, 1, 100).intensity > 4 * decode.intensity  # batching reuses each weight read
+    half = forward_cost(config, 1, 1, 100, weight_bytes_per_param=2)
+    assert half.intensity > 1.5 * decode.intensity
+    with pytest.raises(ValueError, match="need batch >= 1"):
+        forward_cost(config, 0, 1)
+
+
+def test_step_seconds_runs_every_mode_and_refuses_what_does_not_fit():
+    from common.llm.profile import MODES, step_seconds
+
+    model = Decoder(CONFIGS["llama, tied"]).eval()
+    for mode in MODES:
+        assert 0 < step_seconds(model, mode, 20, batch=2, steps=3, block_size=8) < 5
+    with pytest.raises(ValueError, match="mode must be one of none, static, paged"):
+        step_seconds(model, "dynamic", 20)
+    with pytest.raises(ValueError, match="must fit the model's 2048 positions"):
+        step_seconds(model, "static", 2045, steps=8)
