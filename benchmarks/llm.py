@@ -36,14 +36,11 @@ import transformers
 
 from common import bench
 from common.llm import load_pretrained
+from common.llm.anatomy import CHECKPOINT_SHAPES
 from common.llm.generate import compiled_step, generate
 from common.llm.quantize import quantize
 
-SMOLLM_135M = {
-    "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-    "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 2048,
-    "tie_word_embeddings": True, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
-}  # fmt: skip
+SMOLLM_135M = {k: v for k, v in CHECKPOINT_SHAPES["SmolLM-135M"].items() if k != "architectures"}
 PROMPT, NEW, PREFILL = 16, 128, 512
 TARGETS = {1: 2.0, 8: 1.5}
 

@@ -69,3 +69,13 @@ def test_step_seconds_runs_every_mode_and_refuses_what_does_not_fit():
         step_seconds(model, "dynamic", 20)
     with pytest.raises(ValueError, match="must fit the model's 2048 positions"):
         step_seconds(model, "static", 2045, steps=8)
+
+
+@pytest.mark.parametrize(
+    ("name", "billions"), [("SmolLM-135M", 0.1345), ("Qwen2.5-0.5B", 0.494), ("Llama-3.1-8B", 8.03)]
+)
+def test_known_checkpoint_shapes_count_their_published_sizes(name, billions):
+    from common.llm.anatomy import CHECKPOINT_SHAPES
+
+    config = DecoderConfig.from_hf(CHECKPOINT_SHAPES[name])
+    assert parameter_count(config).total / 1e9 == pytest.approx(billions, rel=0.005)

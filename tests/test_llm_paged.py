@@ -106,6 +106,7 @@ def test_generate_paged_equals_generate_and_reuses_a_shared_prefix(model):
         assert g.tokens == generate(model, [prompt], max_new_tokens=10)[0].tokens
         assert g.finish_reason == "max_tokens"
     assert cache.manager.used == 0, "every block is released"
+    assert cache.manager.peak_used == 6 + 2 + 2  # 44 tokens; 42 with four blocks shared; 12
     assert cache.manager.hits == 4  # the second prompt found the first one's four system blocks
     again = generate_paged(model, cache, [system], max_new_tokens=3)  # wholly cached: the last token is redone
     assert again[0].tokens == generate(model, [system], max_new_tokens=3)[0].tokens

@@ -61,3 +61,24 @@ def test_bad_schemes_and_groups_are_named(model):
                                 num_attention_heads=2, num_key_value_heads=2, head_dim=24))  # fmt: skip
     with pytest.raises(ValueError, match=r"int4 groups of 32 do not divide the inputs of model\.layers\.0"):
         quantize(odd, "int4", 32)
+
+
+def test_the_quantisation_table_counts_bytes_read_and_ranks_the_variants(model):
+    from common.llm.anatomy import parameter_count
+    from common.llm.quantize import VARIANTS, compare, read_bytes_per_token, variant
+
+    assert read_bytes_per_token(model) == 4 * parameter_count(CONFIG).matmul
+    assert variant(model, "fp32") is model
+    int8 = variant(model, "int8")
+    assert read_bytes_per_token(int8) == parameter_count(CONFIG).matmul + 4 * sum(
+        m.out_features for m in int8.modules() if isinstance(m, QuantizedLinear)
+    )  # a byte per weight, a float32 scale per output row
+    tokens = torch.randint(0, CONFIG.vocab_size, (300,), generator=torch.Generator().manual_seed(0))
+    rows = {r["variant"]: r for r in compare(model, tokens, context=16)}
+    assert list(rows) == list(VARIANTS)
+    read = [rows[n]["MB read per token"] for n in VARIANTS]
+    assert read[0] > read[1] > read[3] > read[2]  # int4 g32 carries four times the scales of g128
+    assert all(r["tokens/s"] > 0 and r["perplexity"] > 1 for r in rows.values())
+    assert abs(rows["int8"]["perplexity"] / rows["fp32"]["perplexity"] - 1) < 0.01
+    with pytest.raises(ValueError, match="variant must be one of fp32, int8, int4 g128, int4 g32"):
+        variant(model, "int2")

@@ -13,6 +13,28 @@ from dataclasses import dataclass
 
 from common.llm.model import DecoderConfig
 
+# The shapes (config.json fields) of checkpoints people run, copied from their Hugging Face configs, so
+# their costs can be counted (and random models of their shape timed) with nothing downloaded.
+CHECKPOINT_SHAPES: dict[str, dict] = {
+    "SmolLM-135M": {
+        "architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "max_position_embeddings": 2048, "tie_word_embeddings": True, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+    },
+    "Qwen2.5-0.5B": {
+        "architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "max_position_embeddings": 32768, "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+    },
+    "Llama-3.1-8B": {
+        "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "max_position_embeddings": 131072, "tie_word_embeddings": False, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+    },
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ParameterCount:

@@ -66,6 +66,12 @@ def distribution(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return probs
 
 
+def entropy_bits(probs: torch.Tensor) -> torch.Tensor:
+    """The entropy of each row of `probs` (..., vocab) in bits: how many yes/no questions a draw is worth."""
+    logs = torch.where(probs > 0, probs.log2(), torch.zeros_like(probs))
+    return -(probs * logs).sum(-1)
+
+
 def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row (batch,) from the last position's logits (batch, vocab)."""
     if sampling.greedy:
@@ -162,9 +168,9 @@ def generate(
     """
     config = model.config
     rows = _prompts(prompts, config.vocab_size)
-    _check_fits(rows, max_new_tokens, config.max_position_embeddings)
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text")
+    _check_fits(rows, max_new_tokens, config.max_position_embeddings)
     longest = max(map(len, rows))
     b = len(rows)
     ids = torch.full((b, longest), pad_id, dtype=torch.long)

@@ -62,10 +62,13 @@ class BlockManager:
         self.by_hash: dict[bytes, int] = {}
         self.free: deque[int] = deque(range(num_blocks))
         self.hits = self.lookups = 0
+        self.used = self.peak_used = 0  # blocks held by at least one sequence, now and at most
 
-    @property
-    def used(self) -> int:
-        return sum(1 for r in self.refs if r)
+    def _hold(self, block: int) -> None:
+        if self.refs[block] == 0:
+            self.used += 1
+            self.peak_used = max(self.peak_used, self.used)
+        self.refs[block] += 1
 
     def _take(self) -> int:
         while self.free:
@@ -74,7 +77,7 @@ class BlockManager:
                 if (old := self.hash_of[block]) is not None and self.by_hash.get(old) == block:
                     del self.by_hash[old]  # its old contents are about to be overwritten
                 self.hash_of[block] = None
-                self.refs[block] = 1
+                self._hold(block)
                 return block
         raise OutOfBlocks(f"all {self.num_blocks} blocks of {self.block_size} tokens are in use")
 
@@ -99,7 +102,7 @@ class BlockManager:
                     block = self.by_hash.get(h) if hitting else None
                     if block is not None:
                         self.hits += 1
-                        self.refs[block] += 1
+                        self._hold(block)  # a freed block that still has its hash is revived
                         seq.table.append(block)
                         seq.cached_tokens += bs
                         continue
@@ -129,6 +132,7 @@ class BlockManager:
         for block in seq.table:
             self.refs[block] -= 1
             if self.refs[block] == 0:
+                self.used -= 1
                 self.free.append(block)  # keeps its hash: a prompt seen again soon still hits
         seq.table.clear()
 

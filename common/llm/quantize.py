@@ -9,11 +9,17 @@ quantised copy.
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.kernels import quant
+from common.llm.evaluate import perplexity
+from common.llm.model import Decoder
+from common.llm.profile import step_seconds
 
 SCHEMES = ("int8", "int4")
 KERNEL_MAX_ROWS = 16  # up to this many activation rows, the kernel (memory-bound); beyond, dequantise + matmul
@@ -80,3 +86,46 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(t.data_ptr())
             total += t.nbytes
     return total
+
+
+def read_bytes_per_token(model: nn.Module) -> int:
+    """Bytes a decode step reads for every token: the weights of every linear layer (quantised ones with
+    their scales), biases included. The embedding table is left out: a token reads one row of it."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            total += m.qweight.nbytes + m.scale.nbytes + (0 if m.bias is None else m.bias.nbytes)
+        elif isinstance(m, nn.Linear):
+            total += sum(p.nbytes for p in m.parameters(recurse=False))
+    return total
+
+
+VARIANTS: dict[str, tuple[str, int] | None] = {"fp32": None, "int8": ("int8", 0), "int4 g128": ("int4", 128),
+                                               "int4 g32": ("int4", 32)}  # fmt: skip
+
+
+def variant(model: Decoder, name: str) -> Decoder:
+    """A quantised copy of `model` (`name` one of VARIANTS), or `model` itself for "fp32"."""
+    if name not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {name!r}")
+    if (how := VARIANTS[name]) is None:
+        return model
+    scheme, group = how
+    return quantize(copy.deepcopy(model), scheme, group or 128)
+
+
+def compare(
+    model: Decoder, heldout: torch.Tensor | None = None, *, names: tuple[str, ...] = tuple(VARIANTS), context: int = 64
+) -> list[dict[str, Any]]:
+    """Bytes read per token, held-out perplexity (when `heldout` tokens are given) and batch-1 decode speed
+    (one step after `context` tokens) of each variant of `model`: the quantisation table."""
+    rows = []
+    for name in names:
+        m = variant(model, name)
+        row: dict[str, Any] = {"variant": name, "MB read per token": read_bytes_per_token(m) / 1e6}
+        if heldout is not None:
+            row["perplexity"] = perplexity(m, heldout)
+        seconds = step_seconds(m, "static", context, steps=8)
+        row |= {"ms per token": 1e3 * seconds, "tokens/s": 1 / seconds}
+        rows.append(row)
+    return rows
