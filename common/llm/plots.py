@@ -10,7 +10,8 @@ from common.llm.paged import BlockManager, PagedSequence
 
 def plot_block_tables(manager: BlockManager, seqs: Mapping[str, PagedSequence], ax: Any = None) -> Any:
     """Physical blocks as a row of cells, coloured by the sequence that holds each (hatched when several
-    do), numbered by how many tokens they hold; below, each sequence's block table pointing into them."""
+    do); below, each sequence's block table: the physical block of each of its blocks, and how full the
+    last one is."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -36,11 +37,10 @@ def plot_block_tables(manager: BlockManager, seqs: Mapping[str, PagedSequence], 
             colour = colours[i % len(colours)]
             ax.add_patch(Rectangle((j, y), 0.9, 0.9, facecolor=colour, edgecolor="black", alpha=0.35))
             ax.text(j + 0.45, y + 0.45, str(block), ha="center", va="center", fontsize=8)
-            ax.annotate("", xy=(block + 0.45, top), xytext=(j + 0.45, y + 0.9),
-                        arrowprops={"arrowstyle": "->", "color": colour, "alpha": 0.5, "lw": 0.8})  # fmt: skip
             if filled < manager.block_size:
                 ax.text(j + 0.95, y + 0.1, f"{filled}/{manager.block_size}", fontsize=6)
     ax.text(-0.3, top + 0.45, "physical blocks", ha="right", va="center", fontsize=8)
+    ax.text(manager.num_blocks, 0.2, "hatched: held by several sequences", ha="right", fontsize=7)
     ax.set_xlim(-0.5, manager.num_blocks + 0.5)
     ax.set_ylim(0, top + 1.4)
     ax.axis("off")
