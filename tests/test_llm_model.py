@@ -155,3 +155,15 @@ def test_prompts_longer_than_the_context_are_refused(pair):
     _, _, ours, _ = pair
     with pytest.raises(ValueError, match="65 tokens exceed the model's context of 64 positions"):
         ours(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_few_rows_linear_equals_nn_linear(bias):
+    from common.llm.model import Linear
+
+    torch.manual_seed(0)
+    fast = Linear(48, 40, bias=bias)
+    for shape in [(1, 48), (3, 48), (2, 8, 48), (17, 48), (2, 1, 48)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(fast(x), torch.nn.functional.linear(x, fast.weight, fast.bias))
+        assert fast(x).shape == (*shape[:-1], 40)

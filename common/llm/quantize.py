@@ -115,7 +115,11 @@ def variant(model: Decoder, name: str) -> Decoder:
 
 
 def compare(
-    model: Decoder, heldout: torch.Tensor | None = None, *, names: tuple[str, ...] = tuple(VARIANTS), context: int = 64
+    model: Decoder,
+    heldout: torch.Tensor | None = None,
+    *,
+    names: tuple[str, ...] = tuple(VARIANTS),
+    context: int = 64,
 ) -> list[dict[str, Any]]:
     """Bytes read per token, held-out perplexity (when `heldout` tokens are given) and batch-1 decode speed
     (one step after `context` tokens) of each variant of `model`: the quantisation table."""
@@ -129,3 +133,39 @@ def compare(
         row |= {"ms per token": 1e3 * seconds, "tokens/s": 1 / seconds}
         rows.append(row)
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m common.llm.quantize`: the quantisation table of the shipped model on the whole held-out
+    split, then batch-1 decode speed of the same variants on a random model of a known checkpoint's shape."""
+    import argparse
+
+    from common.llm.anatomy import CHECKPOINT_SHAPES
+    from common.llm.corpus import stdlib_corpus, token_stream
+    from common.llm.default import load_default
+    from common.llm.model import DecoderConfig
+
+    parser = argparse.ArgumentParser(prog="python -m common.llm.quantize", description=main.__doc__)
+    parser.add_argument("--shape", choices=list(CHECKPOINT_SHAPES), default="SmolLM-135M", help="for the speed rows")
+    parser.add_argument("--group", type=int, choices=(32, 128), default=32, help="int4 group for the speed rows")
+    args = parser.parse_args(argv)
+    model, tokenizer = load_default()
+    heldout = token_stream(tokenizer, stdlib_corpus().heldout_texts)
+    print(f"default model, {heldout.numel():,} held-out tokens")
+    _print(compare(model, heldout))
+    torch.manual_seed(0)
+    big = Decoder(DecoderConfig.from_hf(CHECKPOINT_SHAPES[args.shape])).eval()
+    names = ("fp32", "int8", f"int4 g{args.group}")
+    print(f"\n{args.shape} shape, random weights (speed only)")
+    _print(compare(big, names=names))
+    return 0
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    print(" | ".join(f"{k:>18}" for k in rows[0]))
+    for row in rows:
+        print(" | ".join(f"{v:>18.2f}" if isinstance(v, float) else f"{v:>18}" for v in row.values()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
