@@ -1,6 +1,8 @@
 """KV cache and generation: cached steps equal the full forward, batched equals alone, sampling equals
 transformers' warpers, seeds reproduce, stops stop, and bad requests are refused with the limit."""
 
+import copy
+
 import pytest
 import torch
 import transformers
@@ -141,3 +143,21 @@ def test_a_compiled_decode_step_generates_what_eager_generates(models):
     again = generate(model, [[7, 7, 7, 7, 7], [1, 2]], max_new_tokens=12, compile=True)  # same shapes
     assert counters["stats"]["unique_graphs"] == graphs, "the compiled step was reused, not compiled again"
     assert step.compile_seconds == first and len(again) == 2
+
+
+def test_a_gpu_decode_step_compiles_to_cuda_graphs_and_a_cpu_one_does_not():
+    from common.llm.generate import compile_mode
+
+    assert compile_mode(torch.device("cuda", 0)) == "reduce-overhead"  # CUDA graphs: one launch per step
+    assert compile_mode(torch.device("cpu")) == "default"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_generation_on_a_gpu_equals_the_cpu(models):
+    _, model = models
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    want = [g.tokens for g in generate(model, prompts, max_new_tokens=8)]
+    gpu = copy.deepcopy(model).cuda()
+    assert [g.tokens for g in generate(gpu, prompts, max_new_tokens=8)] == want
+    assert [g.tokens for g in generate(gpu, prompts, max_new_tokens=8, compile=True)] == want

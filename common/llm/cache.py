@@ -21,20 +21,26 @@ class StaticCache:
     """
 
     def __init__(
-        self, config: DecoderConfig, batch: int, max_tokens: int, *, dtype: torch.dtype = torch.float32
+        self,
+        config: DecoderConfig,
+        batch: int,
+        max_tokens: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> None:
         if batch < 1 or max_tokens < 1:
             raise ValueError(f"a cache needs batch >= 1 and max_tokens >= 1, got {batch} and {max_tokens}")
         shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_tokens, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype)
-        self.v = torch.zeros(shape, dtype=dtype)
-        self.valid = torch.zeros(batch, max_tokens, dtype=torch.bool)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, max_tokens, dtype=torch.bool, device=device)
         self.batch, self.max_tokens, self.length = batch, max_tokens, 0
         # Static-shape mode, for a compiled decode step: the slot being written is a tensor, and attention
         # spans all max_tokens slots (the unwritten ones masked), so every step has the same shapes and
         # no Python number changes between steps: the compiled graph is reused.
         self.slot: torch.Tensor | None = None
-        self._all_slots = torch.arange(max_tokens)
+        self._all_slots = torch.arange(max_tokens, device=device)
 
     @property
     def nbytes(self) -> int:
@@ -43,7 +49,7 @@ class StaticCache:
 
     def static(self) -> None:
         """Switch to static shapes from the next slot on (after an eager prefill, say)."""
-        self.slot = torch.tensor([self.length])
+        self.slot = torch.tensor([self.length], device=self.k.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.slot is not None:
@@ -64,7 +70,7 @@ class StaticCache:
         if end > self.max_tokens:
             raise ValueError(f"the cache holds {self.max_tokens} tokens a row; {end} were asked for")
         self.valid[:, self.length : end] = True if valid is None else valid
-        slots = torch.arange(end)
+        slots = torch.arange(end, device=self.k.device)
         causal = slots[None, :] <= slots[self.length :, None]  # (new, end)
         mask = causal[None, None] & self.valid[:, None, None, :end]
         # a padding token may attend to itself, so its row is never all-masked (softmax over nothing is NaN,
