@@ -5,11 +5,12 @@ SwiGLU 1536, vocabulary 49,152, tied embeddings; 135M parameters, 540 MB in floa
 seeded, written with `save_pretrained` (nothing is downloaded; speed does not depend on what the weights
 are). `--quick` uses 2 layers of the same width, a vocabulary of 8,192, and skips the compiled row.
 
-Rows: greedy decoding of 128 new tokens after a 16-token prompt, at batch 1 and batch 8, in tokens/s:
+Rows: greedy decoding of 128 new tokens after a 16-token prompt, at batch 1 and batch 8, in tokens/s
+(the median of 5 runs, the engines taking turns so that a noisy moment hits all of them):
 `transformers` `generate` (eager, its default dynamic cache) against ours eager (static KV cache), ours
 with the decode step compiled (`torch.compile`, static shapes; compile time reported apart and excluded),
 and ours with int8 weights (the module 02 kernels). Prefill: one forward over a 512-token prompt, in
-tokens/s. Peak memory: the most resident memory above the loaded model during a batch-8 generation,
+tokens/s. Peak memory: the most resident memory above the loaded (and once run) model during a batch-8 generation,
 sampled every 2 ms on a thread, each engine in a fresh process (in one process, the second engine would
 reuse memory the first left in the allocator and seem to need none). Targets (printed, never asserted):
 ours >= 2x transformers at batch 1 and >= 1.5x at batch 8 (the best of our rows, each named).
@@ -83,25 +84,37 @@ def _generation_memory(engine: str, folder: str, new: int) -> int:
     with torch.inference_mode():
         if engine == "transformers generate":
             model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-            return _peak_extra_rss(lambda: model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False))
-        ours = load_pretrained(folder)
-        return _peak_extra_rss(lambda: generate(ours, ids.tolist(), max_new_tokens=new))
+
+            def run(n: int) -> Any:
+                return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        else:
+            ours = load_pretrained(folder)
+
+            def run(n: int) -> Any:
+                return generate(ours, ids.tolist(), max_new_tokens=n)
+
+        run(1)  # page the weights in (a load may map them lazily): the measure is then what generating adds
+        return _peak_extra_rss(lambda: run(new))
 
 
-def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
-    fn()  # warm: first-call allocations, thread pools, the page cache
-    times = []
+def _interleaved_medians(engines: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
+    """The median seconds of each engine, timed in turns (one run of each, `repeat` times over) after a
+    warm-up run of each: a noisy moment on a shared machine then lands on every engine, not on one."""
+    for fn in engines.values():
+        fn()  # warm: first-call allocations, thread pools, compilation, the page cache
+    times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
     load_before = os.getloadavg()
     new = 16 if quick else NEW
-    repeat = 1 if quick else 3
+    repeat = 1 if quick else 5
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hpai-llm-bench-") as tmp, torch.inference_mode():
         folder = _checkpoint(Path(tmp), quick)
@@ -122,13 +135,12 @@ def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
             }
             if quick:  # compiling twice would be most of a smoke run; the unit tests compile
                 del engines["ours, compiled decode"]
-            for name, fn in engines.items():
-                seconds = _median_seconds(fn, repeat)
+            for name, seconds in _interleaved_medians(engines, repeat).items():
                 rows.append({"part": "decode", "name": name, "batch": batch, "tok_s": batch * new / seconds})
                 print(f"decode batch {batch} {name:28s} {batch * new / seconds:8.1f} tok/s")
         long = torch.randint(0, ours.config.vocab_size, (1, PREFILL), generator=torch.Generator().manual_seed(2))
-        for name, fn in {"transformers": lambda: theirs(long).logits, "ours": lambda: ours(long)}.items():
-            seconds = _median_seconds(fn, repeat)
+        prefill = {"transformers": lambda: theirs(long).logits, "ours": lambda: ours(long)}
+        for name, seconds in _interleaved_medians(prefill, repeat).items():
             rows.append({"part": "prefill", "name": name, "batch": 1, "tok_s": PREFILL / seconds})
             print(f"prefill {PREFILL} tokens {name:20s} {PREFILL / seconds:8.0f} tok/s")
         for name in ("transformers generate", "ours, eager"):  # a fresh process each, one at a time
