@@ -273,9 +273,7 @@ def generate_paged(
             if not still:
                 break
             active = [i for i, _ in still]
-            for i, t in still:
-                manager.append(seqs[i], t)
-            view = cache.batch([seqs[i] for i in active], [len(seqs[i]) - 1 for i in active])
+            view = cache.append([seqs[i] for i in active], [t for _, t in still])
             ids = torch.tensor([[t] for _, t in still])
             last = model(ids, view.positions(1), view)[:, -1]
     finally:

@@ -175,6 +175,13 @@ class PagedKVCache:
         self._rows, self._known = list(rows), list(known)
         return self
 
+    def append(self, rows: Sequence[PagedSequence], tokens: Sequence[int]) -> PagedKVCache:
+        """One decode step's setup: token i joins row i's block table (a block is taken when the last is
+        full), and the next forward computes those tokens; returns self, to pass as `cache=`."""
+        for seq, token in zip(rows, tokens, strict=True):
+            self.manager.append(seq, token)
+        return self.batch(rows, [len(seq) - 1 for seq in rows])
+
     def positions(self, new_tokens: int) -> torch.Tensor:
         return torch.stack([torch.arange(k, k + new_tokens) for k in self._known])
 
