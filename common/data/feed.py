@@ -5,7 +5,7 @@ The Arrow path reads a Parquet or Arrow IPC file batch by batch. Each column bec
 own buffer (`transport.column_to_tensor`); the one copy a model needs is casting the k feature columns
 into its float32 input matrix, one contiguous pass per column, reported as a named copy beside any null
 filling. The naive path turns every value into a Python float on the way, so it pays an
-interpreter round trip per value; `tests/test_data_feed.py` holds both paths equal.
+interpreter round trip per value; `tests/data/test_feed.py` holds both paths equal.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ CUDA's <<<grid, block>>>. Scalars must carry their C type (np.int32 for int,
 np.float32 for float), since CuPy passes their bytes as they are.
 
 Needs a GPU: without one the `cupy` backend reports why and this module's
-functions are never called (tests/test_kernels_cuda.py still compiles every
+functions are never called (tests/kernels/test_cuda.py still compiles every
 source with nvcc). CuPy is imported on first launch, not at import.
 """
 

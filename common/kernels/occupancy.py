@@ -8,7 +8,7 @@ smallest cap wins and names the limiter.
 
 The arithmetic follows NVIDIA's `cuda_occupancy.h` (the header behind the
 CUDA Occupancy Calculator and `cudaOccupancyMaxActiveBlocksPerMultiprocessor`),
-with the largest shared-memory carveout; tests/test_occupancy.py checks it
+with the largest shared-memory carveout; tests/kernels/test_occupancy.py checks it
 against that header compiled with g++ when the CUDA toolkit is installed.
 """
 

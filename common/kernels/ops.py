@@ -1,7 +1,7 @@
 """The ops of the kernel library: their arguments, their checks, their backends.
 
 Every backend of an op takes the same arguments and must match `reference`
-within the tolerances in `tolerance()`; tests/test_kernels.py holds them to it.
+within the tolerances in `tolerance()`; tests/kernels/test_op.py holds them to it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ each weight is widened to float32 in registers, inside the dot product, never in
 
 The kernels parallelise over output rows (`prange`) and vectorise the dot product along the inputs.
 They are for few rows of activations (decoding); for many (prefill) the work is compute-bound and a
-dequantised matmul is faster, which `common.llm.quantize` does. `tests/test_kernels_quant.py` holds
+dequantised matmul is faster, which `common.llm.quantize` does. `tests/kernels/test_quant.py` holds
 both kernels to a NumPy reference and the int8 one to torch's `_weight_int8pack_mm`.
 """
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serving_stubs import DIM, StubEmbeddingRuntime, stub_engine
+from tests.serving.stubs import DIM, StubEmbeddingRuntime, stub_engine
 
 from common.engine.embedding import EmbeddingCodec
 from common.serving.app import TOKENIZE_ON_LOOP_MAX, create_app

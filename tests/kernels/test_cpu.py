@@ -18,7 +18,7 @@ from numba import njit, types
 from common import bench
 from common.kernels import numba_cpu, reference, simd, simd_examples, tolerance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 F32 = types.Array(types.float32, 1, "C")
 F64 = types.Array(types.float64, 1, "C")
 KERNELS = [

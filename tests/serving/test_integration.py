@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 import uvicorn
-from serving_stubs import StubEmbeddingRuntime
+from tests.serving.stubs import StubEmbeddingRuntime
 
 from common.engine import Engine
 from common.engine.embedding import EmbeddingCodec

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from common.serving import loadgen
 from common.serving.loadgen import LoadReport, run_closed_loop, run_load, run_open_loop
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

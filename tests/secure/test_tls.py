@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi import Request
 from pydantic import ValidationError
-from serving_stubs import stub_engine
+from tests.serving.stubs import stub_engine
 
 from common.secure import tls
 from common.secure.errors import TLSMaterialError
