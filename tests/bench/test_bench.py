@@ -146,3 +146,23 @@ def test_plots_and_results_file(tmp_path):
     data = json.loads(path.read_text())
     assert data["results"][0]["name"] == "a" and data["meta"]["note"] == "test"
     assert "cpu" in data["machine"]
+
+
+def test_process_memory_counts_private_pages_and_a_mapped_file(tmp_path):
+    import mmap
+    import os
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(8 * 2**20))
+    before = bench.process_memory()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB written: private pages of this process alone
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        _ = [mapped[i] for i in range(0, len(mapped), 4096)]  # touch every page of the file
+        after = bench.process_memory(os.getpid(), mapped_file="weights.bin")
+    assert block.sum() == block.size
+    assert after.uss_bytes - before.uss_bytes > 60 * 2**20, "64 MiB written by this process alone is unique to it"
+    assert after.uss_bytes <= after.pss_bytes <= after.rss_bytes
+    assert after.file_resident_bytes == 8 * 2**20, "every page of the mapped file was touched"
+    assert before.file_resident_bytes == 0, "no file named: nothing counted"
+    row = after.row("weights")
+    assert row["weights resident (MiB)"] == 8.0 and set(row) >= {"RSS (MiB)", "PSS (MiB)", "USS (MiB)"}
