@@ -44,8 +44,8 @@ import hmac
 import io
 import os
 import secrets
+import stat
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from common.files import atomic_output, read_fully_into
 
 from .errors import FormatError, IntegrityError, SecureError
 from .keys import Keyset
@@ -164,7 +166,7 @@ def _header_tag(keys: _Keys, header: Header) -> bytes:
 # -- parsing ------------------------------------------------------------------------------------------------------
 def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
     buf = bytearray(n)
-    got = _fill(src, memoryview(buf))
+    got = read_fully_into(src, memoryview(buf))
     if got != n:
         raise FormatError(f"truncated envelope: {what} needs {n} bytes, found {got}")
     return bytes(buf)
@@ -233,29 +235,12 @@ def _aad(digest: bytes, index: int, final: bool) -> bytes:
     return digest + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
 
 
-def _fill(src: BinaryIO, view: memoryview) -> int:
-    """Read until `view` is full or the stream ends (pipes and sockets return short reads)."""
-    total = 0
-    while total < len(view):
-        n = src.readinto(view[total:]) if hasattr(src, "readinto") else _read_into(src, view[total:])
-        if not n:
-            break
-        total += n
-    return total
-
-
-def _read_into(src: BinaryIO, view: memoryview) -> int:
-    data = src.read(len(view))
-    view[: len(data)] = data
-    return len(data)
-
-
 def _double_buffered(src: BinaryIO, size: int) -> Iterator[tuple[memoryview, bool]]:
     """Yield (chunk, is_final) with one chunk of read-ahead, so the last chunk is known when it is sealed."""
     bufs = [memoryview(bytearray(size)), memoryview(bytearray(size))]
-    n = _fill(src, bufs[0])
+    n = read_fully_into(src, bufs[0])
     while True:
-        m = _fill(src, bufs[1]) if n == size else 0
+        m = read_fully_into(src, bufs[1]) if n == size else 0
         yield bufs[0][:n], m == 0
         if m == 0:
             return
@@ -362,7 +347,7 @@ def encrypt_file(
     with (
         _naming(in_path),
         open(in_path, "rb") as src,
-        _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst,
+        _private_output(out_path, not_same_as=in_path) as dst,
     ):
         return encrypt_stream(src, dst, keyset, chunk_size=chunk_size)
 
@@ -372,7 +357,7 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     with (
         _naming(in_path),
         open(in_path, "rb") as src,
-        _atomic_output(Path(out_path), not_same_as=Path(in_path)) as dst,
+        _private_output(out_path, not_same_as=in_path) as dst,
     ):
         return decrypt_stream(src, dst, keyset)
 
@@ -386,25 +371,15 @@ def _naming(path: str | os.PathLike[str]) -> Iterator[None]:
         raise type(exc)(f"{Path(path).name}: {exc}") from None
 
 
-@contextlib.contextmanager
-def _atomic_output(out_path: Path, *, not_same_as: Path | None = None) -> Iterator[BinaryIO]:
-    """A temp file (mode 0600) beside `out_path`, renamed over it on success and deleted on any failure."""
-    if not_same_as is not None and out_path.exists() and out_path.resolve() == not_same_as.resolve():
-        raise ValueError(f"input and output are the same file: {out_path}")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial")
-    except OSError as exc:
-        raise type(exc)(exc.errno, f"cannot write {out_path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as dst:
-            yield dst
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _private_output(
+    out_path: str | os.PathLike[str], *, not_same_as: str | os.PathLike[str]
+) -> contextlib.AbstractContextManager[BinaryIO]:
+    """`atomic_output` with mode 0600 (a plaintext or an artifact is its owner's alone), refusing to
+    overwrite the input it is made from (the temp file would be renamed over the file being read)."""
+    out = Path(out_path)
+    if out.exists() and out.resolve() == Path(not_same_as).resolve():
+        raise ValueError(f"input and output are the same file: {out}")
+    return atomic_output(out, mode=0o600)
 
 
 # -- rotation -------------------------------------------------------------------------------------------------------
@@ -443,10 +418,8 @@ def rewrap(path: str | os.PathLike[str], keyset: Keyset) -> str:
 def _rewrite_with_bigger_slot(path: Path, header: Header, keys: _Keys, key_id: str, wrapped: bytes, slot: int) -> None:
     """The rare case of a new wrapped key too big for the old slot: copy the body behind a larger header."""
     new = dataclasses.replace(header, slot_size=slot, key_id=key_id, wrapped_key=wrapped, tag=b"")
-    mode = path.stat().st_mode
-    with open(path, "rb") as src, _atomic_output(path) as dst:
+    with open(path, "rb") as src, atomic_output(path, mode=stat.S_IMODE(os.fstat(src.fileno()).st_mode)) as dst:
         src.seek(header.length)
         dst.write(new.signed_bytes() + _header_tag(keys, new))
         while block := src.read(DEFAULT_CHUNK_SIZE):
             dst.write(block)
-    os.chmod(path, mode)

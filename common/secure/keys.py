@@ -33,8 +33,9 @@ from typing import Any, NoReturn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from common.files import write_atomically
+
 from .errors import IntegrityError, KeyDisabled, KeyNotFound, KeysetError
-from .files import write_atomically
 from .kek import KeyEncryptionKey
 
 KEYSET_FILE = "keyset.json"

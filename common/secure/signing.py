@@ -32,8 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from common.files import read_fully_into, write_atomically
 from common.secure.errors import KeysetError, SignatureMismatch
-from common.secure.files import write_atomically
 
 SIGNATURE_FILE = "model.sig"
 FORMAT = "hpai-model-signature"
@@ -331,7 +331,7 @@ class _HashingReader:
         slot = self._ring[self._next * BLOCK_SIZE : (self._next + 1) * BLOCK_SIZE]
         # read up to the expected size, then one byte more: a file that grew must not match
         want = min(BLOCK_SIZE, max(self._expected - self.size, 1))
-        n = _fill(self._raw, slot[:want])
+        n = read_fully_into(self._raw, slot[:want])
         if n == 0:
             self._free.release()
             self._eof = True
@@ -393,17 +393,6 @@ def _private_memory(size: int) -> mmap.mmap | bytearray:
     if size and populate and hasattr(mmap, "MAP_ANONYMOUS"):
         return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
     return bytearray(size)
-
-
-def _fill(raw: BinaryIO, view: memoryview) -> int:
-    """Read until `view` is full or the file ends."""
-    total = 0
-    while total < len(view):
-        n = raw.readinto(view[total:])
-        if not n:
-            break
-        total += n
-    return total
 
 
 def _stream_checked(path: Path, entry: FileEntry, consume: Callable[[BinaryIO], Any]) -> tuple[bool, Any]:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from common.files import write_atomically
 from common.secure.envelope import decrypt_stream, encrypt_bytes, encrypt_file
 from common.secure.errors import FormatError, IntegrityError, UnsafeFormat
-from common.secure.files import write_atomically
 from common.secure.keys import Keyset
 from common.secure.signing import (
     SIGNATURE_FILE,

@@ -1,0 +1,92 @@
+"""Files written so that a crash leaves the old version or the new one, never half of one; full reads.
+
+Why here, at the top of `common` and importing nothing from it: `common.secure` (keys, keysets,
+signatures, envelopes, certificates), `common.data` and `common.llm` all write files that must
+never be seen half-written, and `secure` and `data` may depend on nothing above them. A module
+that depends on nothing can be imported by every one of them.
+
+How a write is made atomic (the recipe of SQLite, git and `python-atomicwrites`): the bytes go to
+a temporary file in the *same directory* (a rename is atomic only within one file system) under a
+name `mkstemp` picks at random and creates with O_EXCL (so no other user can predict it and plant a
+symlink there first), with its final permissions before the first byte; then the file is fsynced,
+renamed over the target with `os.replace`, and the directory is fsynced so the rename itself
+survives a power cut. On any failure the temporary file is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+def fsync_directory(folder: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (a rename, a new file) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows cannot open a directory; its renames are journaled by NTFS
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A binary file to write `path`'s new contents into; `path` gets them only if the block completes.
+
+    The file has permissions `mode` before a byte is written (key files get 0o600 without ever
+    existing with wider ones); see the module docstring for the rest of the recipe.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as exc:  # mkstemp's message names the random temp name; say which file could not be written
+        raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(path.parent)
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically (see `atomic_output`)."""
+    with atomic_output(path, mode=mode) as out:
+        out.write(data)
+
+
+class _Readable(Protocol):
+    def read(self, n: int = ..., /) -> bytes: ...
+
+
+def read_fully_into(src: BinaryIO | _Readable, view: memoryview) -> int:
+    """Read into `view` until it is full or `src` ends; the number of bytes read.
+
+    One `readinto` may return less than asked (pipes, sockets, raw files, a reader of blocks), so
+    a parser that needs n bytes loops. A source without `readinto` is read with `read`.
+    """
+    readinto = getattr(src, "readinto", None)
+    total = 0
+    while total < len(view):
+        if readinto is not None:
+            n = readinto(view[total:])
+        else:
+            data = src.read(len(view) - total)
+            n = len(data)
+            view[total : total + n] = data
+        if not n:
+            break
+        total += n
+    return total
