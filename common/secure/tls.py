@@ -3,8 +3,9 @@
 Certificates live hours, not years: a stolen key is useful for a day at most,
 and renewing is one call (`dev_pki` reissues what is missing or expiring).
 Keys are EC P-256 (fast handshakes, small certificates). A client's identity
-is a SPIFFE-style URI SAN (`spiffe://hpai/NAME`, also in the subject CN):
-a name the server can authorise by, independent of host names.
+is a SPIFFE ID in the certificate's one URI SAN (`spiffe://hpai/NAME`; the
+subject CN holds the bare NAME, for logs): a name the server can authorise
+by, independent of host names. Only the URI SAN is ever read as an identity.
 
 Both contexts insist on TLS 1.3, require the peer's certificate and trust
 only the given CA, never the system store: the CA *is* the access policy.
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.files import write_atomically
 from common.secure.errors import TLSMaterialError
 
 TRUST_DOMAIN = "hpai"
@@ -145,20 +147,6 @@ def issue_client(ca: Issued, name: str, *, hours: float = LEAF_HOURS, start: dt.
 # --- files -------------------------------------------------------------------
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically with `mode` from the first byte: a key is never briefly world-readable."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)  # in case the file existed with other bits
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_pem(issued: Issued, folder: str | os.PathLike[str], stem: str) -> tuple[Path, Path]:
     """`folder/stem.pem` (certificate, 0644) and `folder/stem.key` (unencrypted PKCS#8 key, 0600)."""
     folder = Path(folder)
@@ -167,8 +155,8 @@ def write_pem(issued: Issued, folder: str | os.PathLike[str], stem: str) -> tupl
     key_pem = issued.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write(key_path, key_pem, 0o600)
-    _write(cert_path, issued.cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(key_path, key_pem, mode=0o600)  # never briefly world-readable
+    write_atomically(cert_path, issued.cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return cert_path, key_path
 
 
@@ -298,19 +286,30 @@ def client_context(
 # --- the peer's identity -----------------------------------------------------
 
 
+def _spiffe_id(uris: Sequence[str]) -> str | None:
+    """The SPIFFE ID among a certificate's URI SANs, or None.
+
+    An X.509-SVID carries exactly one URI SAN, a `spiffe://` one, and that is the identity. Nothing
+    else is: not the subject CN (any CA-issued name could spell `spiffe://hpai/alice` there), not a
+    second URI SAN (which of two would the server authorise?)."""
+    return uris[0] if len(uris) == 1 and uris[0].startswith("spiffe://") else None
+
+
+def certificate_identity(cert: x509.Certificate) -> str | None:
+    """The SPIFFE ID in a verified certificate's URI SAN, or None (see `_spiffe_id`)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    return _spiffe_id(sans.get_values_for_type(x509.UniformResourceIdentifier))
+
+
 def peer_identity(peercert: dict[str, Any] | None) -> str | None:
-    """The identity in a verified peer certificate (`SSLObject.getpeercert()`): its first URI SAN
-    (`spiffe://...`), else its subject CN, else None."""
+    """The SPIFFE ID in a verified peer certificate (`SSLObject.getpeercert()`): its one `spiffe://` URI
+    SAN, else None. The subject CN is never an identity, whatever it says."""
     if not peercert:
         return None
-    for kind, value in peercert.get("subjectAltName", ()):
-        if kind == "URI":
-            return value
-    for rdn in peercert.get("subject", ()):
-        for attr, value in rdn:
-            if attr == "commonName":
-                return value
-    return None
+    return _spiffe_id([value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

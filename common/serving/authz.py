@@ -2,9 +2,10 @@
 
 The handshake already proved the client holds a key our CA certified
 (authentication); this decides whether that client may call this server
-(authorisation). The identity comes from `scope["extensions"]["tls"]` (put
-there by `common.serving.tls_identity`, or by any ASGI server implementing
-the TLS extension), so the app does not depend on how it is served.
+(authorisation), by the SPIFFE ID in the certificate's URI SAN and nothing
+else. The identity comes from `scope["extensions"]["tls"]` (put there by
+`common.serving.tls_identity`, or by any ASGI server implementing the TLS
+extension), so the app does not depend on how it is served.
 
 `/healthz` and `/readyz` stay open to every authenticated peer: a liveness or
 readiness probe has a certificate of its own but should not need to be on the
@@ -21,29 +22,41 @@ from cryptography import x509
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.secure.tls import certificate_identity
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 IDENTITY_HEADER = b"x-client-identity"
 
 log = logging.getLogger("common.serving")
 
 
+def _tls(scope: Scope) -> dict[str, Any]:
+    return (scope.get("extensions") or {}).get("tls") or {}
+
+
 def client_identity(scope: Scope) -> str | None:
-    """The verified client identity of this request, or None on a connection without one."""
-    tls: dict[str, Any] | None = (scope.get("extensions") or {}).get("tls")
-    if not tls:
-        return None
-    if tls.get("client_identity"):
+    """The verified client's SPIFFE ID (its certificate's URI SAN), or None: on a connection without a
+    client certificate, or with one that carries no SPIFFE ID (a CN is never taken for one)."""
+    tls = _tls(scope)
+    if "client_identity" in tls:  # parsed once per connection by common.serving.tls_identity
         return tls["client_identity"]
-    chain = list(tls.get("client_cert_chain") or ())
-    if not chain:  # another ASGI server's extension: read the leaf certificate's URI SAN, else its CN
+    chain = tls.get("client_cert_chain") or ()
+    if not chain:
         return None
-    cert = x509.load_pem_x509_certificate(chain[0].encode())
-    try:
-        uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        return uris.get_values_for_type(x509.UniformResourceIdentifier)[0]
-    except (x509.ExtensionNotFound, IndexError):
-        cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        return str(cns[0].value) if cns else None
+    # another ASGI server's TLS extension: read the leaf certificate ourselves, by the same rule
+    return certificate_identity(x509.load_pem_x509_certificate(chain[0].encode()))
+
+
+def _refusal(scope: Scope, identity: str | None) -> str:
+    """Why this request is refused, in words the client can act on."""
+    if identity is not None:
+        return f"client {identity!r} is not allowed to call this server (not in its allowed_clients)"
+    if _tls(scope).get("client_cert_chain"):
+        return (
+            "the client certificate carries no SPIFFE ID: an identity is one spiffe:// URI SAN "
+            "(the subject CN is never read as one)"
+        )
+    return "no verified client certificate on this connection: this server requires mutual TLS"
 
 
 class ClientAuthorization:
@@ -64,10 +77,7 @@ class ClientAuthorization:
             return
         identity = client_identity(scope)
         if identity not in self.allowed and scope["path"] not in OPEN_PATHS:
-            if identity is None:
-                why = "no verified client certificate on this connection: this server requires mutual TLS"
-            else:
-                why = f"client {identity!r} is not allowed to call this server (not in its allowed_clients)"
+            why = _refusal(scope, identity)
             log.warning("refused %s %s: %s", scope.get("method", ""), scope["path"], why)
             await self.refuse(why)(scope, receive, send)
             return

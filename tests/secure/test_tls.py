@@ -19,14 +19,15 @@ import httpx
 import pytest
 import uvicorn
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi import Request
 from pydantic import ValidationError
-from tests.serving.stubs import stub_engine
 
 from common.secure import tls
 from common.secure.errors import TLSMaterialError
+from common.serving import authz
 from common.serving.__main__ import main as serving_main
 from common.serving.app import create_app
 from common.serving.loadgen import run_closed_loop
@@ -34,17 +35,41 @@ from common.serving.server import free_port, server_process
 from common.serving.settings import ServingSettings
 from common.serving.tls_cost import measure
 from common.serving.tls_identity import H11TLSProtocol, http_protocol
+from tests.serving.stubs import stub_engine
 
 ALICE, MALLORY = tls.client_id("alice"), tls.client_id("mallory")
+
+
+def issue_cn_only(ca: tls.Issued, common_name: str) -> tls.Issued:
+    """A clientAuth certificate signed by `ca` whose subject CN is `common_name` and which has no SAN at all:
+    what an attacker who can get any name certified would present to pass for a SPIFFE ID."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return tls.Issued(cert, key)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
     """One CA with a server, an allowed client (alice) and a known-but-unlisted one (mallory); another CA
-    with its own "alice"; expired certificates of both sides. Name -> (cert path, key path)."""
+    with its own "alice"; expired certificates of both sides; an "alice" valid only from three hours on;
+    a certificate whose CN spells alice's SPIFFE ID but has no URI SAN. Name -> (cert path, key path)."""
     folder = tmp_path_factory.mktemp("pki")
     ca, other = tls.new_ca(), tls.new_ca("another CA")
     three_hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    in_three_hours = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
     issued = {
         "ca": ca,
         "other-ca": other,
@@ -53,6 +78,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
         "mallory": tls.issue_client(ca, "mallory"),
         "alice-other-ca": tls.issue_client(other, "alice"),
         "alice-expired": tls.issue_client(ca, "alice", hours=1, start=three_hours_ago),
+        "alice-not-yet-valid": tls.issue_client(ca, "alice", start=in_three_hours),
+        "alice-cn-only": issue_cn_only(ca, ALICE),
         "server-expired": tls.issue_server(ca, hours=1, start=three_hours_ago),
         "server-other-host": tls.issue_server(ca, ["example.org"]),
     }
@@ -220,6 +247,11 @@ def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, host: str 
         ("alice-expired", "server", ("certificate has expired", "SSLV3_ALERT_CERTIFICATE_EXPIRED")),
         ("alice", "server-expired", ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "certificate has expired")),
         ("alice", "server-other-host", ("SSLV3_ALERT_BAD_CERTIFICATE", "IP address mismatch")),
+        ("alice-not-yet-valid", "server", ("certificate is not yet valid", "SSLV3_ALERT_BAD_CERTIFICATE")),
+        # a server certificate (EKU serverAuth only) presented as a client one: OpenSSL checks the purpose
+        ("server", "server", ("unsuitable certificate purpose", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE")),
+        # the CA signed it, so the handshake passes: refusing it is the app's job (see the 403 test below)
+        ("alice-cn-only", "server", ("ok", "ok")),
     ],
 )
 def test_handshake_refuses_what_it_must_and_says_why(pki, client_name, server_name, expected):
@@ -238,10 +270,22 @@ def test_tls12_is_refused_both_ways(pki):
     assert client_side == "TLSV1_ALERT_PROTOCOL_VERSION", client_side
 
 
-def test_identity_is_the_uri_san_else_the_cn():
-    assert tls.peer_identity({"subject": ((("commonName", "a"),),), "subjectAltName": (("URI", ALICE),)}) == ALICE
-    assert tls.peer_identity({"subject": ((("commonName", "svc"),),), "subjectAltName": (("DNS", "x"),)}) == "svc"
+def test_identity_is_the_one_spiffe_uri_san_and_never_the_cn(pki):
+    def peercert(cn: str, *sans: tuple[str, str]) -> dict:
+        return {"subject": ((("commonName", cn),),), "subjectAltName": sans}
+
+    assert tls.peer_identity(peercert("alice", ("URI", ALICE))) == ALICE
+    assert tls.peer_identity(peercert(ALICE)) is None, "a CN that spells a SPIFFE ID is not one"
+    assert tls.peer_identity(peercert(ALICE, ("DNS", "alice.example"))) is None
+    assert tls.peer_identity(peercert("x", ("URI", ALICE), ("URI", MALLORY))) is None, "two URI SANs: which one?"
+    assert tls.peer_identity(peercert("x", ("URI", "https://hpai/alice"))) is None, "not a SPIFFE ID"
     assert tls.peer_identity({}) is None and tls.peer_identity(None) is None
+    # the same rule on real certificates, as another ASGI server's TLS extension hands them to authz
+    for name, expected in (("alice", ALICE), ("alice-cn-only", None), ("server", None)):
+        pem = Path(pki[name][0]).read_text()
+        assert tls.certificate_identity(x509.load_pem_x509_certificate(pem.encode())) == expected, name
+        scope = {"type": "http", "extensions": {"tls": {"client_cert_chain": (pem,)}}}
+        assert authz.client_identity(scope) == expected, name
 
 
 def test_settings_refuse_half_a_tls_configuration_and_an_open_door():
@@ -332,12 +376,30 @@ def test_a_known_certificate_of_an_unlisted_client_gets_403_but_may_probe_health
     assert 'hpai_requests_total{endpoint="/v1/embeddings",status="403"} 1.0' in metrics
 
 
-@pytest.mark.parametrize("who", ["no certificate", "another CA", "expired", "TLS 1.2", "plain HTTP"])
+def test_a_cn_that_spells_an_allowed_spiffe_id_is_not_an_identity(pki, mtls_server):
+    """CN=spiffe://hpai/alice, no URI SAN, signed by the server's own CA: the handshake passes, the app refuses."""
+    with httpx.Client(verify=client(pki, "alice-cn-only")) as c:
+        r = c.post(f"{mtls_server}/v1/embeddings", json={"input": "hello"})
+        whoami = c.get(f"{mtls_server}/test/whoami")
+        assert c.get(f"{mtls_server}/healthz").status_code == 200, "authenticated: it may still probe health"
+    assert r.status_code == 403 and whoami.status_code == 403
+    assert r.json()["error"]["message"] == (
+        "the client certificate carries no SPIFFE ID: an identity is one spiffe:// URI SAN "
+        "(the subject CN is never read as one)"
+    )
+    assert "x-client-identity" not in r.headers
+
+
+@pytest.mark.parametrize(
+    "who", ["no certificate", "another CA", "expired", "not yet valid", "server certificate", "TLS 1.2", "plain HTTP"]
+)
 def test_refused_connections_get_no_http_answer_and_the_server_carries_on(pki, mtls_server, who):
     contexts = {
         "no certificate": lambda: client(pki, None),
         "another CA": lambda: client(pki, "alice-other-ca"),
         "expired": lambda: client(pki, "alice-expired"),
+        "not yet valid": lambda: client(pki, "alice-not-yet-valid"),
+        "server certificate": lambda: client(pki, "server"),
         "TLS 1.2": lambda: tls12_only(client(pki, "alice")),
     }
     url = mtls_server.replace("https://", "http://") if who == "plain HTTP" else mtls_server
