@@ -45,9 +45,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 setup: $(STAMP) ## create .venv, install the course and register its Jupyter kernel
 
+# .jupyter/ holds the course's Jupyter settings (opens on the start-here notebook, the hpai kernel, no news
+# prompt, no build clutter); it is added to the learner's own configuration, not put in its place.
 lab: $(STAMP) ## start JupyterLab on the course (PORT=8888); prints the URL
+	JUPYTER_CONFIG_PATH=$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH} \
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=$(CURDIR) \
-		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/00_start_here.ipynb
+		$$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 # TLS=1: mutual TLS with a dev CA and short-lived certificates in TLS_DIR (made or renewed first);
 # only spiffe://hpai/client may call unless HPAI_ALLOWED_CLIENTS says otherwise.
