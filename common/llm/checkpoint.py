@@ -2,8 +2,9 @@
 
 A folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`. Tensors are
 loaded by name and checked against the model before any is used: a missing, unexpected or misshapen
-tensor is an error that names it. `pytorch_model.bin` and other pickle checkpoints are refused, because
-unpickling runs whatever code the file names.
+tensor is an error that names it. `pytorch_model.bin` and other pickle checkpoints are refused by
+`common.secure.pickles` (with its `UnsafeFormat`, as encrypted folders are), because unpickling runs
+whatever code the file names.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import safetensors
 import safetensors.torch
@@ -20,21 +21,18 @@ import torch
 
 from common.llm.model import Decoder, DecoderConfig
 from common.llm.tokenizer import eos_id, save_tokenizer
+from common.secure.pickles import HEAD_BYTES, refuse_pickle
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 GENERATION_CONFIG = "generation_config.json"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WeightDtype = Literal["float32", "float16", "bfloat16"]  # how a saved folder stores its weights
+DTYPES: dict[WeightDtype, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class CheckpointError(ValueError):
     """A model folder whose files do not make the model its config describes."""
-
-
-class UnsafeCheckpoint(CheckpointError):
-    """A pickle checkpoint: loading it would run code from the file."""
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -46,12 +44,8 @@ def _weight_files(folder: Path) -> list[Path]:
         return [folder / name for name in sorted(set(weight_map.values()))]
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
-    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-    if pickles:
-        raise UnsafeCheckpoint(
-            f"{folder} holds only pickle weights ({', '.join(pickles)}): unpickling runs code named in the file, "
-            "so they are refused. Convert them to safetensors in a sandbox you trust, then load that"
-        )
+    for path in sorted(folder.iterdir()):  # only pickle weights here (pytorch_model.bin): say so, by name
+        refuse_pickle(str(path))
     raise CheckpointError(f"{folder} has no {WEIGHTS} and no {INDEX}")
 
 
@@ -73,6 +67,8 @@ def load_pretrained(folder: str | os.PathLike[str], *, dtype: torch.dtype = torc
     for path in _weight_files(folder):
         if not path.is_file():
             raise CheckpointError(f"{path.name}, listed in {INDEX}, is missing from {folder}")
+        with open(path, "rb") as raw:  # a pickle renamed to .safetensors is still a pickle
+            refuse_pickle(str(path), raw.read(HEAD_BYTES))
         try:
             with safetensors.safe_open(str(path), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
@@ -106,7 +102,7 @@ def load_pretrained(folder: str | os.PathLike[str], *, dtype: torch.dtype = torc
     return model.eval()
 
 
-def hf_config(config: DecoderConfig, dtype: str, eos: int) -> dict[str, Any]:
+def hf_config(config: DecoderConfig, dtype: WeightDtype, eos: int) -> dict[str, Any]:
     """The `config.json` of a Llama checkpoint, readable by `DecoderConfig.from_hf` and by transformers
     4 (`rope_theta`, `torch_dtype`) and 5 (`rope_parameters`, `dtype`)."""
     if config.architecture != "LlamaForCausalLM" or config.rope_scaling or config.attention_bias:
@@ -141,7 +137,7 @@ def hf_config(config: DecoderConfig, dtype: str, eos: int) -> dict[str, Any]:
 
 
 def save_pretrained(
-    model: Decoder, tokenizer: tokenizers.Tokenizer, folder: str | os.PathLike[str], dtype: str = "float16"
+    model: Decoder, tokenizer: tokenizers.Tokenizer, folder: str | os.PathLike[str], dtype: WeightDtype = "float16"
 ) -> Path:
     """Write a Hugging Face folder: config.json, model.safetensors (HF names, weights in `dtype`; a tied
     lm_head is not stored, as transformers does), tokenizer.json + tokenizer_config.json, generation_config.json."""

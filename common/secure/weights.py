@@ -9,10 +9,8 @@ very bytes hashed, in one pass), the envelope is opened into anonymous memory,
 and the tensors are views of that memory, parsed by a strict safetensors
 reader that the tests hold equal to `safetensors.torch.load`.
 
-Pickle checkpoints (`.bin`, `.pt`, `.pth`, `.ckpt`, or pickle bytes under
-any name) are refused everywhere: unpickling calls whatever functions the
-file names, so loading one runs its author's code. Safetensors is a JSON
-header and raw tensor bytes: nothing in it can execute.
+Pickle checkpoints (by suffix, or pickle bytes under any name) are refused
+everywhere, by `common.secure.pickles`: loading one runs its author's code.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import os
 import shutil
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +32,7 @@ from common.files import write_atomically
 from common.secure.envelope import decrypt_stream, encrypt_bytes, encrypt_file
 from common.secure.errors import FormatError, IntegrityError, UnsafeFormat
 from common.secure.keys import Keyset
+from common.secure.pickles import HEAD_BYTES, refuse_pickle
 from common.secure.signing import (
     SIGNATURE_FILE,
     SigningKey,
@@ -49,33 +47,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors.enc"
 ENCRYPTED_SUFFIX = ".enc"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONFIG_FILE = "config.json"
-
-
-def refuse_pickle(name: str, head: bytes = b"") -> None:
-    """UnsafeFormat if `name` (or its first bytes, `head`) is a pickle checkpoint; explains why."""
-    why = (
-        "unpickling runs code named inside the file, so loading it would run whatever its author wrote; "
-        "convert it to safetensors (safetensors.torch.save_file) in a sandbox you trust, then load that"
-    )
-    if name.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeFormat(f"{name} is a pickle checkpoint by its name: {why}")
-    if _is_pickle(head):
-        raise UnsafeFormat(f"{name} holds pickle data (or is a zip, as torch.save writes them): {why}")
-
-
-def _is_pickle(head: bytes) -> bool:
-    # protocol 2+ pickles start with PROTO (0x80) and the protocol number; torch.save's zip holds data.pkl
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return True
-    if head[:4] == b"PK\x03\x04":
-        import io
-
-        with contextlib.suppress(zipfile.BadZipFile, ValueError):
-            return any(n.endswith(".pkl") for n in zipfile.ZipFile(io.BytesIO(head)).namelist())
-        return True  # a zip we cannot read is not safetensors either
-    return False
 
 
 _DTYPES = {  # safetensors dtype names -> torch dtype names (looked up lazily: torch loads late)
@@ -96,7 +68,7 @@ def _parse_safetensors(plain: bytearray | memoryview, name: str) -> dict[str, to
     """
     import torch
 
-    refuse_pickle(name.removesuffix(ENCRYPTED_SUFFIX), bytes(plain[:64] if plain[:2] != b"PK" else plain))
+    refuse_pickle(name.removesuffix(ENCRYPTED_SUFFIX), bytes(plain[:HEAD_BYTES] if plain[:2] != b"PK" else plain))
 
     if sys.byteorder != "little":  # safetensors is little-endian; let the library swap bytes
         import safetensors.torch
@@ -307,7 +279,7 @@ def encrypt_model_folder(
         if path.is_symlink():
             raise ValueError(f"{path} is a symbolic link: copy the file it points to into the folder")
         with open(path, "rb") as f:
-            refuse_pickle(str(path.relative_to(src)), f.read(64))
+            refuse_pickle(str(path.relative_to(src)), f.read(HEAD_BYTES))
     if not any(p.name.endswith(".safetensors") for p in files):
         raise FileNotFoundError(f"{src} has no .safetensors weights to encrypt")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -350,7 +322,7 @@ def load_model_folder(folder: str | os.PathLike[str], keyset: Keyset, public_key
     files: dict[str, bytes] = {}
     for name in sorted(contents):
         data = bytes(contents.pop(name))
-        refuse_pickle(name, data[:64])
+        refuse_pickle(name, data[:HEAD_BYTES])
         if name.endswith(".safetensors"):
             raise UnsafeFormat(f"{name} is plaintext weights in an encrypted model folder")
         files[name] = data

@@ -7,7 +7,7 @@ import safetensors.torch
 import torch
 import transformers
 
-from common.llm import CheckpointError, UnsafeCheckpoint, UnsupportedModel, load_pretrained
+from common.llm import CheckpointError, UnsafeFormat, UnsupportedModel, load_pretrained
 from common.llm.model import DecoderConfig
 
 TINY = {
@@ -145,7 +145,7 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     _save_reference(tmp_path, "llama")
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
-    with pytest.raises(UnsafeCheckpoint, match=r"pytorch_model\.bin.*unpickling runs code"):
+    with pytest.raises(UnsafeFormat, match=r"pytorch_model\.bin.*unpickling runs code"):
         load_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
         load_pretrained(tmp_path / "nowhere")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -30,7 +29,6 @@ from common.secure.weights import (
     encrypt_model_folder,
     load_encrypted,
     load_model_folder,
-    refuse_pickle,
     save_encrypted,
 )
 
@@ -312,23 +310,6 @@ class _Payload:
 
     def __reduce__(self):
         return (Path.touch, (Path(self.marker),))
-
-
-@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "weights.pth", "last.ckpt", "MODEL.BIN"])
-def test_pickle_checkpoints_are_refused_by_name(name: str) -> None:
-    with pytest.raises(UnsafeFormat, match="pickle checkpoint by its name: unpickling runs code"):
-        refuse_pickle(name)
-
-
-def test_pickle_bytes_are_refused_under_any_name(tmp_path: Path) -> None:
-    for protocol in (2, 3, 4, 5):
-        with pytest.raises(UnsafeFormat, match="holds pickle data"):
-            refuse_pickle("model.safetensors", pickle.dumps({"w": 1}, protocol=protocol))
-    buf = io.BytesIO()
-    torch.save({"w": torch.ones(2)}, buf)  # torch's zip format holds data.pkl
-    with pytest.raises(UnsafeFormat, match="safetensors"):
-        refuse_pickle("weights", buf.getvalue())
-    refuse_pickle("model.safetensors", safetensors.torch.save({"w": torch.ones(2)}))  # no error
 
 
 def test_an_encrypted_signed_pickle_is_refused_and_never_unpickled(tmp_path: Path, keyset: Keyset) -> None:
