@@ -95,9 +95,10 @@ model: $(STAMP) ## retrain the shipped default LLM (common/llm/default_model) fr
 perf-gate: $(STAMP) ## fail when batched/unbatched server throughput drops under 2x
 	$(BIN)/python -m benchmarks.perf_gate
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check, format check and the type checker (mypy over common/ and benchmarks/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff check --fix .
