@@ -52,9 +52,5 @@ class HSMError(SecureError):
     """The PKCS#11 token refused or failed an operation (no token, wrong PIN, missing key)."""
 
 
-class AuthorizationError(SecureError):
-    """A TLS peer whose identity is not allowed."""
-
-
 class TLSMaterialError(SecureError):
     """A certificate, key or CA file that cannot be used: missing, malformed, not matching, or expired."""
