@@ -143,7 +143,8 @@ def into_torch(quick: bool, folder: Path) -> tuple[list[dict[str, Any]], dict[st
     events = synth.write_parquet(folder / "feed-events.parquet", 200_000 if quick else 2_000_000)
     sources = {suffix: pipeline.sink(events, folder / f"features{suffix}") for suffix in (".parquet", ".arrow")}
     model = feed.mlp()
-    out, ratios = [], {}
+    out: list[dict[str, Any]] = []
+    ratios: dict[str, float] = {}
     for suffix, path in sources.items():
         paths = {
             "arrow batches": lambda p=path: feed.arrow_batches(p),
@@ -162,13 +163,13 @@ def into_torch(quick: bool, folder: Path) -> tuple[list[dict[str, Any]], dict[st
                 | {"copies": list(rs[0].copies)}
             )
             print(f"torch {suffix[1:]:8s} {key:38s} {rate / 1e6:8.2f} M rows/s")
-        rate = {r["name"]: r["rows_per_s"] for r in out}
-        ratios[suffix] = rate[f"{suffix[1:]}: arrow batches"] / rate[f"{suffix[1:]}: pandas -> lists -> tensor"]
+        rates = {r["name"]: r["rows_per_s"] for r in out}
+        ratios[suffix] = rates[f"{suffix[1:]}: arrow batches"] / rates[f"{suffix[1:]}: pandas -> lists -> tensor"]
     return out, ratios
 
 
 def targets(ratios: dict[str, float]) -> list[dict[str, Any]]:
-    goals = [
+    goals: list[dict[str, Any]] = [
         {"target": "polars / pandas, feature pipeline at 1e7 rows", "value": ratios["pipeline"], "at_least": 5.0},
         {
             "target": "pickle queue / shared memory or mmap, 1 GiB handoff",

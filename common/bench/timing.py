@@ -142,7 +142,7 @@ def measure(
         fn()
     n = _calls_per_sample(fn, device) if number == "auto" else int(number)
     samples = tuple(_sample(fn, n, device) for _ in range(repeat))
-    return Timing(name or getattr(fn, "__name__", "fn"), samples, n)
+    return Timing(name or str(getattr(fn, "__name__", "fn")), samples, n)
 
 
 def compare(

@@ -10,6 +10,7 @@ saying so in prose.
 from __future__ import annotations
 
 import mmap
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -113,10 +114,7 @@ def regions(obj: Any, name: str | None = None) -> list[Region]:
     if isinstance(obj, mmap.mmap | bytes | bytearray | memoryview):
         view = memoryview(obj)
         return _numpy_region(np.frombuffer(view, dtype=np.uint8), name or type(obj).__name__) if view.nbytes else []
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a course dependency
-        torch = None
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported: no import here
     if torch is not None and isinstance(obj, torch.Tensor):
         if obj.device.type != "cpu":
             raise ValueError(f"{name or 'tensor'} is on {obj.device}: addresses are compared for CPU memory only")

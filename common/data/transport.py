@@ -162,7 +162,7 @@ def _map_shared(name: str) -> mmap.mmap:
     if os.name != "posix":  # pragma: no cover - Windows: no resource tracker, named mappings
         shm = shared_memory.SharedMemory(name)
         return shm._mmap  # type: ignore[attr-defined]
-    import _posixshmem
+    import _posixshmem  # type: ignore[import-not-found]  # CPython's private module: no stubs
 
     try:
         fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDONLY, mode=0)
@@ -259,7 +259,9 @@ class Consumer:
     def __init__(self) -> None:
         ctx = mp.get_context("spawn")
         self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
-        self._process = ctx.Process(target=_consume, args=(self._inbox, self._outbox), daemon=True)
+        self._process: mp.process.BaseProcess | None = ctx.Process(
+            target=_consume, args=(self._inbox, self._outbox), daemon=True
+        )
         self._process.start()
         if self._answer(timeout=120) != "ready":
             raise RuntimeError("the consumer process did not start")

@@ -245,7 +245,7 @@ def numba_kernel(
         else:
             gap[i] = (ts_us[i] - ts_us[prev]) * S_PER_US
             burst = math.exp(gap[i] / -BURST_S)
-        r = W_MATCH * (1.0 - np.float64(match_score[i])) + W_LIVENESS * (1.0 - np.float64(liveness_score[i]))
+        r: float = W_MATCH * (1.0 - np.float64(match_score[i])) + W_LIVENESS * (1.0 - np.float64(liveness_score[i]))
         r = r + W_AMOUNT * math.log1p(np.float64(amount[i]))
         r = r + W_BURST * burst + BIAS
         if r < 0.0:
