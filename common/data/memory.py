@@ -170,7 +170,7 @@ def assert_zero_copy(source: Any, view: Any) -> None:
         )
 
 
-def process_memory() -> dict[str, int] | None:
+def resident_by_kind() -> dict[str, int] | None:
     """This process's resident memory by kind, in bytes (Linux; None elsewhere): `anon` is private memory
     (copies land here), `file` is pages of mapped files, `shmem` pages of shared memory."""
     try:

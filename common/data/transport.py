@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from common.data.errors import CorruptFile
-from common.data.memory import Region, assert_zero_copy, copied_regions, process_memory, regions
+from common.data.memory import Region, assert_zero_copy, copied_regions, regions, resident_by_kind
 
 if TYPE_CHECKING:
     import torch
@@ -221,7 +221,7 @@ def _consume(inbox: Any, outbox: Any) -> None:  # pragma: no cover - runs in the
     while True:
         if (message := inbox.get()) is None:
             return
-        before = process_memory()
+        before = resident_by_kind()
         how, payload, column = message
         if how == "flush":
             outbox.put("flushed")
@@ -236,7 +236,7 @@ def _consume(inbox: Any, outbox: Any) -> None:  # pragma: no cover - runs in the
             mapping, source, table = _open_shared(payload)
         opened = time.perf_counter() - t0
         total = pc.sum(table[column]).as_py() if column else 0.0
-        after = process_memory()
+        after = resident_by_kind()
         outbox.put((table.num_rows, float(total or 0.0), opened))  # the producer's clock stops here
         # then, untimed: which of the table's bytes are copies (a pickled table's are all copies), and
         # letting go of the table before answering, so that freeing it is not timed as the next handoff

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common.data import synth
-from common.data.memory import assert_zero_copy, copied_regions, process_memory, regions, shares_memory
+from common.data.memory import assert_zero_copy, copied_regions, regions, resident_by_kind, shares_memory
 from common.data.pipeline import CorruptFile
 from common.data.transport import (
     Consumer,
@@ -88,10 +88,10 @@ def test_a_mapped_ipc_file_is_read_without_copying(ipc_file, events):
 @pytest.mark.skipif(not LINUX, reason="reads resident memory from /proc/self/status (Linux)")
 def test_mapping_a_file_adds_no_private_memory(tmp_path):
     path = synth.write_ipc(tmp_path / "big.arrow", 1_000_000)
-    before = process_memory()
+    before = resident_by_kind()
     mapped = map_ipc(path)
     total = pc.sum(mapped.table["amount"]).as_py()
-    grown = process_memory()["anon"] - before["anon"]
+    grown = resident_by_kind()["anon"] - before["anon"]
     assert total > 0
     assert grown < os.path.getsize(path) * 0.05, f"{grown} private bytes for a {os.path.getsize(path)}-byte file"
 
