@@ -116,6 +116,6 @@ lock: ## re-resolve every dependency into $(CONSTRAINTS) (needs the registries)
 	rm -rf build/lock-venv
 
 clean: ## remove the environment, build outputs and caches
-	rm -rf $(VENV) build .pytest_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +
