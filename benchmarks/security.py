@@ -17,7 +17,7 @@ not the target's baseline: encrypted weights cannot be mapped from disk, which i
 SHA-256 of the artifact alone is reported too: the signature check must hash every byte.
 
 Re-wrap: `envelope.rewrap` of a 1 GiB artifact and of a 1 KiB one, alternating, each time to the other of
-two KEKs (it rewrites the key slot and the header tag, then fsyncs). mTLS: `common.serving.tls_cost` with
+two KEKs (it rewrites the key slot and the header tag, then fsyncs). mTLS: `benchmarks.tls_cost` with
 a plain and an mTLS server (the packaged model, one torch thread each): p50 per request on kept-alive
 connections, and on a new connection per request (TCP + full TLS 1.3 handshake with both certificates).
 
@@ -49,13 +49,13 @@ import matplotlib.pyplot as plt
 import safetensors.torch
 import torch
 
+from benchmarks.tls_cost import measure as tls_measure
+from benchmarks.tls_cost import plain_and_mtls_servers
 from common import bench
 from common.engine.embedding import MINILM_NAME, minilm_path
 from common.secure.envelope import DEFAULT_CHUNK_SIZE, decrypt_stream, encrypt_bytes, encrypt_stream, rewrap
 from common.secure.keys import Keyset, LocalRSAKey
 from common.secure.weights import WEIGHTS_FILE, encrypt_model_folder, load_model_folder
-from common.serving.tls_cost import measure as tls_measure
-from common.serving.tls_cost import plain_and_mtls_servers
 
 OPENSSL = ["openssl", "speed", "-evp", "aes-256-gcm", "-bytes", "16384", "-seconds", "1"]
 PASSWORD = b"benchmark-keyset-password"

@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi import Request
 from pydantic import ValidationError
 
+from benchmarks.tls_cost import measure
 from common.secure import tls
 from common.secure.errors import TLSMaterialError
 from common.serving import authz
@@ -33,7 +34,6 @@ from common.serving.app import create_app
 from common.serving.loadgen import run_closed_loop
 from common.serving.server import free_port, server_process
 from common.serving.settings import ServingSettings
-from common.serving.tls_cost import measure
 from common.serving.tls_identity import H11TLSProtocol, http_protocol
 from tests.serving.stubs import stub_engine
 
@@ -112,7 +112,7 @@ def test_certificates_say_what_they_may_do_and_live_hours_not_years():
         assert list(ext.get_extension_for_class(x509.ExtendedKeyUsage).value) == [eku]
         assert isinstance(leaf.key, ec.EllipticCurvePrivateKey) and leaf.key.curve.name == "secp256r1"
         lifetime = leaf.cert.not_valid_after_utc - leaf.cert.not_valid_before_utc
-        assert lifetime <= dt.timedelta(hours=tls.LEAF_HOURS) + tls.CLOCK_SKEW
+        assert lifetime == dt.timedelta(hours=tls.LEAF_HOURS) + tls.CLOCK_SKEW  # hours, not years
         leaf.cert.verify_directly_issued_by(ca.cert)
     server_sans = server.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert server_sans.get_values_for_type(x509.DNSName) == ["localhost"]
@@ -433,7 +433,7 @@ def test_the_load_generator_speaks_mtls_through_its_client_argument(pki, mtls_se
 
 
 def test_a_new_mtls_connection_costs_several_kept_alive_requests(pki, mtls_server):
-    """The claim module 04 measures in full with `python -m common.serving.tls_cost`; here a quick check
+    """The claim module 04 measures in full with `python -m benchmarks.tls_cost`; here a quick check
     of the tool, with both servers in this process (so only a loose ratio)."""
     plain = create_app(ServingSettings(), engine=stub_engine())
     with serve(plain, None, http_protocol(), True) as plain_url:
@@ -446,7 +446,8 @@ def test_a_new_mtls_connection_costs_several_kept_alive_requests(pki, mtls_serve
 def test_the_cli_serves_mutual_tls_from_settings(pki):
     """`python -m common.serving --tls-*` end to end, with the real model: the wiring of __main__."""
     files = {"tls_cert": pki["server"][0], "tls_key": pki["server"][1], "tls_ca": pki["ca"][0]}
-    with server_process(threads=1, client_tls=client(pki, "alice"), allowed_clients=[ALICE], **files) as url:
+    with server_process(threads=1, client_tls=client(pki, "alice"), allowed_clients=[ALICE], **files) as server:
+        url = server.url
         assert url.startswith("https://")
         r = httpx.post(f"{url}/v1/embeddings", json={"input": "hello"}, verify=client(pki, "alice"))
         assert r.status_code == 200 and r.headers["x-client-identity"] == ALICE

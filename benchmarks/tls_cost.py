@@ -7,8 +7,10 @@ Keep-alive pays the first once, so mTLS should barely move request latency;
 a client that reconnects per request pays it every time. Rounds alternate
 between the two servers so a drift of the machine hits both alike.
 
-`python -m common.serving.tls_cost` starts a plain and an mTLS server (same
-settings, packaged model, one thread each) and prints the figures.
+`python -m benchmarks.tls_cost` (from the repository's root) starts a plain and
+an mTLS server (same settings, packaged model, one thread each) and prints the
+figures as one JSON line per path; module 04's notebook 06 runs it so, and
+`benchmarks/security.py` imports it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import httpx
 import numpy as np
@@ -87,27 +90,29 @@ def measure(
 
 
 @contextlib.contextmanager
-def plain_and_mtls_servers(folder: str, **settings: object) -> Iterator[tuple[str, str, ssl.SSLContext]]:
+def plain_and_mtls_servers(folder: str, **settings: Any) -> Iterator[tuple[str, str, ssl.SSLContext]]:
     """Two `python -m common.serving` processes with the same settings, one plain and one mTLS (dev
     certificates in `folder`); yields both URLs and a client context that the mTLS one accepts."""
     pki = dev_pki(folder, ["bench"])
     verify = client_context(pki.ca_cert, pki.client_cert("bench"), pki.client_key("bench"))
     files = {"tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_ca": pki.ca_cert}
     with (
-        server_process(**settings) as plain,  # type: ignore[arg-type]
-        server_process(client_tls=verify, allowed_clients=[client_id("bench")], **files, **settings) as mtls,  # type: ignore[arg-type]
+        server_process(**settings) as plain,
+        server_process(client_tls=verify, allowed_clients=[client_id("bench")], **files, **settings) as mtls,
     ):
-        yield plain, mtls, verify
+        yield plain.url, mtls.url, verify
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m common.serving.tls_cost", description=__doc__.split("\n")[0])
-    parser.add_argument("-n", type=int, default=200, help="requests per round and way of calling")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tls_cost", description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("-n", type=int, default=200, help="requests per round and way of calling, on /healthz")
+    parser.add_argument("--n-embeddings", type=int, help="the same on /v1/embeddings (default: -n)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    paths = (("/healthz", None, args.n), ("/v1/embeddings", {"input": "a short sentence to embed"}, args.n_embeddings))
     with tempfile.TemporaryDirectory() as folder, plain_and_mtls_servers(folder, threads=1) as (plain, mtls, verify):
-        for path, body in (("/healthz", None), ("/v1/embeddings", {"input": "a short sentence to embed"})):
-            cost = measure(plain, mtls, verify, path=path, body=body, n=args.n, rounds=args.rounds)
+        for path, body, n in paths:
+            cost = measure(plain, mtls, verify, path=path, body=body, n=n or args.n, rounds=args.rounds)
             print(
                 json.dumps(
                     {
