@@ -167,8 +167,18 @@ class Keyset:
         self._persist()
 
     @classmethod
-    def generate(cls, directory: str | os.PathLike[str], password: bytes) -> Keyset:
-        """A new keyset folder with one local RSA primary and a signing key; refuses to overwrite one."""
+    def generate(cls, directory: str | os.PathLike[str] | None = None, password: bytes | None = None) -> Keyset:
+        """A new keyset with one fresh local RSA primary: in memory when no `directory` is given (gone with
+        the process, as is everything it encrypted), else a new folder of password-protected key files and
+        a signing key. Refuses to overwrite a keyset folder."""
+        if directory is None:
+            if password is not None:
+                raise KeysetError("a password protects key files: give the directory to write them to as well")
+            keyset = cls()
+            keyset.add(LocalRSAKey.generate(), primary=True)
+            return keyset
+        if password is None:
+            raise KeysetError("a keyset folder needs a password for its key files (non-empty bytes)")
         path = Path(directory)
         if (path / KEYSET_FILE).exists():
             raise KeysetError(f"{path} already holds a keyset; load it instead of overwriting its keys")
