@@ -29,6 +29,7 @@ OpenSSL; encrypted, signed load <= 1.3x the plain load; keep-alive mTLS p50 <= 1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -106,19 +107,20 @@ def envelope(quick: bool, keyset: Keyset) -> tuple[list[dict[str, Any]], dict[st
     rounds, calls = (1, 2) if quick else (5, 3)
     payload = os.urandom(size)
     sealed = {name: encrypt_bytes(payload, keyset, chunk_size=c) for name, c in CHUNKS.items()}
+
+    def encrypt(chunk_size: int) -> None:
+        encrypt_stream(io.BytesIO(payload), _Discard(), keyset, chunk_size=chunk_size)
+
+    def decrypt(name: str) -> None:
+        decrypt_stream(io.BytesIO(sealed[name]), _Discard(), keyset)
+
     runs: dict[str, list[float]] = {"openssl": []}
     ratios: dict[str, list[float]] = {"encrypt": [], "decrypt": []}
     for _ in range(rounds):
         runs["openssl"].append(openssl_gcm_bytes_per_s())
         for name, chunk in CHUNKS.items():
-            enc = [
-                size / _seconds(lambda c=chunk: encrypt_stream(io.BytesIO(payload), _Discard(), keyset, chunk_size=c))
-                for _ in range(calls)
-            ]
-            dec = [
-                size / _seconds(lambda n=name: decrypt_stream(io.BytesIO(sealed[n]), _Discard(), keyset))
-                for _ in range(calls)
-            ]
+            enc = [size / _seconds(functools.partial(encrypt, chunk)) for _ in range(calls)]
+            dec = [size / _seconds(functools.partial(decrypt, name)) for _ in range(calls)]
             runs.setdefault(f"encrypt, {name}", []).append(statistics.median(enc))
             runs.setdefault(f"decrypt, {name}", []).append(statistics.median(dec))
         default = next(iter(CHUNKS))
@@ -204,7 +206,7 @@ def rewrap_cost(quick: bool, folder: Path) -> tuple[list[dict[str, Any]], float,
     for r in range(5 if quick else 20):
         keyset.set_primary(keys[r % 2].key_id)
         for name in list(sizes)[:: 1 if r % 2 else -1]:
-            samples[name].append(_seconds(lambda n=name: rewrap(paths[n], keyset)))
+            samples[name].append(_seconds(functools.partial(rewrap, paths[name], keyset)))
     small, big = list(sizes)
     ratio = statistics.median(b / s for b, s in zip(samples[big], samples[small], strict=True))
     rows = [

@@ -95,7 +95,7 @@ def plain_and_mtls_servers(folder: str, **settings: Any) -> Iterator[tuple[str, 
     certificates in `folder`); yields both URLs and a client context that the mTLS one accepts."""
     pki = dev_pki(folder, ["bench"])
     verify = client_context(pki.ca_cert, pki.client_cert("bench"), pki.client_key("bench"))
-    files = {"tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_ca": pki.ca_cert}
+    files: dict[str, Any] = {"tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_ca": pki.ca_cert}
     with (
         server_process(**settings) as plain,
         server_process(client_tls=verify, allowed_clients=[client_id("bench")], **files, **settings) as mtls,

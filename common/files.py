@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeAlias, runtime_checkable
 
 
 def fsync_directory(folder: str | os.PathLike[str]) -> None:
@@ -67,26 +67,52 @@ def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
         out.write(data)
 
 
-class _Readable(Protocol):
-    def read(self, n: int = ..., /) -> bytes: ...
+@runtime_checkable
+class SupportsReadinto(Protocol):
+    """A binary stream that reads into a caller's buffer (files opened "rb", sockets, io.BytesIO)."""
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
 
 
-def read_fully_into(src: BinaryIO | _Readable, view: memoryview) -> int:
+class SupportsRead(Protocol):
+    """A binary stream that only returns new bytes (typing.BinaryIO promises no more than this)."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+Source: TypeAlias = SupportsReadinto | SupportsRead  # what the streaming readers of `common` accept
+
+
+class Reader(SupportsReadinto, SupportsRead, Protocol):
+    """A binary stream with both ways of reading (what `common` hands to a caller's consumer)."""
+
+
+class Sink(Protocol):
+    """A binary stream to write to: a file, a socket, io.BytesIO, or anything with `write`."""
+
+    def write(self, data: Any, /) -> object: ...
+
+
+def read_fully_into(src: Source, view: memoryview) -> int:
     """Read into `view` until it is full or `src` ends; the number of bytes read.
 
     One `readinto` may return less than asked (pipes, sockets, raw files, a reader of blocks), so
     a parser that needs n bytes loops. A source without `readinto` is read with `read`.
     """
-    readinto = getattr(src, "readinto", None)
+    fill = src.readinto if isinstance(src, SupportsReadinto) else _reader_into(src)
     total = 0
     while total < len(view):
-        if readinto is not None:
-            n = readinto(view[total:])
-        else:
-            data = src.read(len(view) - total)
-            n = len(data)
-            view[total : total + n] = data
+        n = fill(view[total:])
         if not n:
             break
         total += n
     return total
+
+
+def _reader_into(src: SupportsRead) -> Callable[[memoryview], int]:
+    def fill(view: memoryview) -> int:
+        data = src.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    return fill

@@ -49,14 +49,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from common.files import atomic_output, read_fully_into
+from common.files import Sink, Source, atomic_output, read_fully_into
 
 from .errors import FormatError, IntegrityError, SecureError
 from .keys import Keyset
@@ -164,7 +164,7 @@ def _header_tag(keys: _Keys, header: Header) -> bytes:
 
 
 # -- parsing ------------------------------------------------------------------------------------------------------
-def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
+def _read_exact(src: Source, n: int, what: str) -> bytes:
     buf = bytearray(n)
     got = read_fully_into(src, memoryview(buf))
     if got != n:
@@ -172,7 +172,7 @@ def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
     return bytes(buf)
 
 
-def read_header(src: BinaryIO) -> Header:
+def read_header(src: Source) -> Header:
     """Parse (not authenticate) the header at the current position; leaves `src` at the first chunk.
 
     Any malformed input raises FormatError, whatever the bytes: the parser is fuzzed.
@@ -235,7 +235,7 @@ def _aad(digest: bytes, index: int, final: bool) -> bytes:
     return digest + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
 
 
-def _double_buffered(src: BinaryIO, size: int) -> Iterator[tuple[memoryview, bool]]:
+def _double_buffered(src: Source, size: int) -> Iterator[tuple[memoryview, bool]]:
     """Yield (chunk, is_final) with one chunk of read-ahead, so the last chunk is known when it is sealed."""
     bufs = [memoryview(bytearray(size)), memoryview(bytearray(size))]
     n = read_fully_into(src, bufs[0])
@@ -249,7 +249,7 @@ def _double_buffered(src: BinaryIO, size: int) -> Iterator[tuple[memoryview, boo
 
 
 def encrypt_stream(
-    src: BinaryIO, dst: BinaryIO, keyset: Keyset, *, chunk_size: int = DEFAULT_CHUNK_SIZE, slot_size: int = 0
+    src: Source, dst: Sink, keyset: Keyset, *, chunk_size: int = DEFAULT_CHUNK_SIZE, slot_size: int = 0
 ) -> int:
     """Encrypt everything `src` yields into `dst` under a fresh data key; returns the plaintext length.
 
@@ -281,7 +281,33 @@ def encrypt_stream(
     return total
 
 
-def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyset: Keyset) -> int:
+@runtime_checkable
+class InPlaceSink(Protocol):
+    """A `dst` in memory that lends `decrypt_stream` its next bytes to decrypt into, so nothing is copied."""
+
+    def reserve(self, n: int, /) -> memoryview:
+        """A writable view of the next n bytes, handed to no one else; not content until `commit`."""
+        ...
+
+    def commit(self, n: int, /) -> None:
+        """The n reserved bytes authenticated: they are content now."""
+        ...
+
+
+class _ThroughBuffer:
+    """The `InPlaceSink` of any other `dst`: chunks are decrypted into one reused buffer, then written."""
+
+    def __init__(self, dst: Sink, size: int):
+        self._dst, self._buffer = dst, memoryview(bytearray(size))
+
+    def reserve(self, n: int) -> memoryview:
+        return self._buffer[:n]
+
+    def commit(self, n: int) -> None:
+        self._dst.write(self._buffer[:n])
+
+
+def decrypt_stream(src: Source, dst: Sink | InPlaceSink, keyset: Keyset) -> int:
     """Decrypt an envelope from `src` into `dst`; returns the plaintext length.
 
     Each chunk is written only after its tag verified. A failure part-way (a cut or
@@ -289,22 +315,21 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyset: Keyset) -> int:
     `decrypt_bytes` for all-or-nothing output. `dst.write` gets a view of a reused buffer
     (io's contract: copy what you keep), so plaintext is never duplicated here.
 
-    A `dst` that lives in memory may offer `reserve(n)` (a writable view of its next n bytes, which
-    it hands to no one) and `commit(n)` instead: each chunk is then decrypted straight into place,
-    committed once its tag verified, and erased if it did not (`weights` loads this way).
+    A `dst` that lives in memory may be an `InPlaceSink` (`reserve(n)`, a writable view of its next
+    n bytes that it hands to no one, and `commit(n)`): each chunk is then decrypted straight into
+    place, committed once its tag verified, and erased if it did not (`weights` loads this way).
     """
     header = read_header(src)
     _, keys = _open_header(header, keyset)
     digest = hashlib.sha256(header.fixed).digest()
     size = header.chunk_size + TAG_SIZE
-    reserve = getattr(dst, "reserve", None)  # an in-memory sink we may decrypt straight into (no copy)
-    plain = None if reserve else bytearray(header.chunk_size)
+    sink = dst if isinstance(dst, InPlaceSink) else _ThroughBuffer(dst, header.chunk_size)
     total = 0
     for index, (sealed, final) in enumerate(_double_buffered(src, size)):
         if len(sealed) < TAG_SIZE or (final and index > 0 and len(sealed) == TAG_SIZE):
             raise IntegrityError(f"chunk {index} is truncated: the envelope was cut short")
         n = len(sealed) - TAG_SIZE
-        out = reserve(n) if reserve else memoryview(plain)[:n]  # type: ignore[arg-type]
+        out = sink.reserve(n)
         try:
             keys.chunk.decrypt_into(_nonce(header.nonce_prefix, index), sealed, _aad(digest, index, final), out)
         except InvalidTag:
@@ -313,10 +338,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, keyset: Keyset) -> int:
             raise IntegrityError(
                 f"{what} failed authentication: altered, reordered, truncated or from another artifact"
             ) from None
-        if reserve:
-            dst.commit(n)  # type: ignore[attr-defined]
-        else:
-            dst.write(out)
+        sink.commit(n)
         total += n
     return total
 

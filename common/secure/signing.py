@@ -26,13 +26,13 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from common.files import read_fully_into, write_atomically
+from common.files import Reader, SupportsReadinto, read_fully_into, write_atomically
 from common.secure.errors import KeysetError, SignatureMismatch
 
 SIGNATURE_FILE = "model.sig"
@@ -136,8 +136,10 @@ def load_private_key(path: str | os.PathLike[str], password: bytes) -> SigningKe
         raise KeysetError(f"no private key file at {path}") from None
     except (ValueError, TypeError):
         raise KeysetError(f"cannot open {path}: wrong password, or not an encrypted PKCS#8 key") from None
-    signature_algorithm(key)  # type: ignore[arg-type]
-    return key  # type: ignore[return-value]
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise KeysetError(f"manifests are signed with ECDSA P-256 or Ed25519 keys, got {type(key).__name__}")
+    signature_algorithm(key)  # and an ECDSA key must be on P-256
+    return key
 
 
 def save_public_key(key: SigningKey | VerifyKey, path: str | os.PathLike[str]) -> None:
@@ -155,8 +157,10 @@ def load_public_key(path: str | os.PathLike[str]) -> VerifyKey:
         raise KeysetError(f"no public key file at {path}") from None
     except ValueError:
         raise KeysetError(f"{path} is not a PEM public key") from None
-    signature_algorithm(key)  # type: ignore[arg-type]
-    return key  # type: ignore[return-value]
+    if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        raise KeysetError(f"manifests are signed with ECDSA P-256 or Ed25519 keys, got {type(key).__name__}")
+    signature_algorithm(key)  # and an ECDSA key must be on P-256
+    return key
 
 
 def _sign(key: SigningKey, data: bytes) -> bytes:
@@ -259,7 +263,9 @@ def signed_manifest(folder: str | os.PathLike[str], public_key: VerifyKey) -> Ma
     if not isinstance(signed, dict) or signed.get("format") != FORMAT or signed.get("version") != VERSION:
         raise SignatureMismatch(f"{folder / SIGNATURE_FILE} is not a version-{VERSION} {FORMAT} file")
     manifest = Manifest.from_json(signed.get("manifest"))
-    sig = signed.get("signature") if isinstance(signed.get("signature"), dict) else {}
+    sig = signed.get("signature")
+    if not isinstance(sig, dict):
+        sig = {}
     if manifest.signature_algorithm != algorithm:
         raise SignatureMismatch(
             f"{folder} was signed with {manifest.signature_algorithm}, but the verifying key is {algorithm}"
@@ -292,7 +298,7 @@ class _HashingReader:
     lives only inside `_stream_checked`, which always joins it.
     """
 
-    def __init__(self, raw: BinaryIO, expected_size: int):
+    def __init__(self, raw: SupportsReadinto, expected_size: int):
         self._raw = raw
         self._ring = memoryview(_private_memory(BLOCK_SIZE * RING_BLOCKS))
         self._free = threading.Semaphore(RING_BLOCKS)  # blocks the hashing thread is done with
@@ -395,16 +401,16 @@ def _private_memory(size: int) -> mmap.mmap | bytearray:
     return bytearray(size)
 
 
-def _stream_checked(path: Path, entry: FileEntry, consume: Callable[[BinaryIO], Any]) -> tuple[bool, Any]:
+def _stream_checked(path: Path, entry: FileEntry, consume: Callable[[Reader], Any]) -> tuple[bool, Any]:
     """(digest and size match, what `consume` returned): one pass over the file feeds both.
 
     The hashing thread never outlives this call; the digest is compared before anything is returned.
     """
     with open(path, "rb", buffering=0) as raw:
-        reader = _HashingReader(raw, entry.size)  # type: ignore[arg-type]
+        reader = _HashingReader(raw, entry.size)
         try:
             try:
-                result = consume(reader)  # type: ignore[arg-type]
+                result = consume(reader)
             except Exception:
                 if reader.hexdigest() != entry.sha256 or reader.size != entry.size:
                     return False, None  # the file was altered: that, not the consumer's error, is the cause
@@ -415,7 +421,7 @@ def _stream_checked(path: Path, entry: FileEntry, consume: Callable[[BinaryIO], 
 
 
 def _check_folder(
-    folder: Path, manifest: Manifest, keep: Collection[str], stream: Mapping[str, Callable[[BinaryIO], Any]]
+    folder: Path, manifest: Manifest, keep: Collection[str], stream: Mapping[str, Callable[[Reader], Any]]
 ) -> dict[str, Any]:
     expected = {f.path: f for f in manifest.files}
     on_disk = dict(_walk(folder))
@@ -466,7 +472,7 @@ def read_verified(
     public_key: VerifyKey,
     names: Collection[str] | None = None,
     *,
-    stream: Mapping[str, Callable[[BinaryIO], Any]] | None = None,
+    stream: Mapping[str, Callable[[Reader], Any]] | None = None,
 ) -> tuple[Manifest, dict[str, Any]]:
     """`verify_folder`, also handing over file contents in the same pass, so nothing is re-read after its check.
 

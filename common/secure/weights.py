@@ -26,9 +26,9 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from common.files import write_atomically
+from common.files import Source, write_atomically
 from common.secure.envelope import decrypt_stream, encrypt_bytes, encrypt_file
 from common.secure.errors import FormatError, IntegrityError, UnsafeFormat
 from common.secure.keys import Keyset
@@ -68,7 +68,10 @@ def _parse_safetensors(plain: bytearray | memoryview, name: str) -> dict[str, to
     """
     import torch
 
-    refuse_pickle(name.removesuffix(ENCRYPTED_SUFFIX), bytes(plain[:HEAD_BYTES] if plain[:2] != b"PK" else plain))
+    head = bytes(plain[:HEAD_BYTES])
+    refuse_pickle(
+        name.removesuffix(ENCRYPTED_SUFFIX), head if head[:2] != b"PK" else bytes(plain)
+    )  # a zip: read it whole
 
     if sys.byteorder != "little":  # safetensors is little-endian; let the library swap bytes
         import safetensors.torch
@@ -173,18 +176,18 @@ class _MemoryWriter:
 
     def __init__(self, capacity: int):
         memory = _anonymous_memory(capacity, populate=False)
-        self._populated = 0 if isinstance(memory, mmap.mmap) else capacity
-        if self._populated < capacity:
+        self._populated = capacity  # pre-faulted up to here (a bytearray: all of it, by the allocator)
+        self._ahead: mmap.mmap | None = None  # the mapping to pre-fault ahead of the writes, if there is one
+        if isinstance(memory, mmap.mmap):
             try:
                 if HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE"):
                     with contextlib.suppress(OSError):  # a kernel without THP: 4 KiB pages, still correct
-                        memory.madvise(mmap.MADV_HUGEPAGE)  # type: ignore[union-attr]
-                memory.madvise(MADV_POPULATE_WRITE, 0, min(POPULATE_STEP, capacity))  # type: ignore[union-attr]
-                self._populated = min(POPULATE_STEP, capacity)
+                        memory.madvise(mmap.MADV_HUGEPAGE)
+                memory.madvise(MADV_POPULATE_WRITE, 0, min(POPULATE_STEP, capacity))
+                self._populated, self._ahead = min(POPULATE_STEP, capacity), memory
             except (OSError, ValueError, AttributeError):
-                memory.close()  # type: ignore[union-attr]
+                memory.close()
                 memory = _anonymous_memory(capacity)
-                self._populated = capacity
         self._view = memoryview(memory)
         self._memory = memory
         self.size = 0
@@ -195,9 +198,9 @@ class _MemoryWriter:
         end = self.size + n
         if end > len(self._view):
             raise IntegrityError("an envelope decrypted to more bytes than it holds")
-        if end > self._populated:
+        if end > self._populated and self._ahead is not None:
             upto = min(-(-end // POPULATE_STEP) * POPULATE_STEP, len(self._view))  # page-aligned steps
-            self._memory.madvise(MADV_POPULATE_WRITE, self._populated, upto - self._populated)  # type: ignore[union-attr]
+            self._ahead.madvise(MADV_POPULATE_WRITE, self._populated, upto - self._populated)
             self._populated = upto
         return self._view[self.size : end]
 
@@ -216,10 +219,10 @@ class _MemoryWriter:
         return self._view[: self.size]
 
 
-def _decrypt_from(path: Path, keyset: Keyset) -> Callable[[BinaryIO], memoryview]:
+def _decrypt_from(path: Path, keyset: Keyset) -> Callable[[Source], memoryview]:
     """A `read_verified` stream consumer: decrypts the envelope as it is read (and hashed) into memory."""
 
-    def consume(reader: BinaryIO) -> memoryview:
+    def consume(reader: Source) -> memoryview:
         out = _MemoryWriter(path.stat().st_size)  # an envelope is longer than its plaintext
         decrypt_stream(reader, out, keyset)
         return out.finish()

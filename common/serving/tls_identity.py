@@ -76,28 +76,33 @@ class _WithTLS:
         await self.app(scope, receive, send)
 
 
-class _PeerIdentityMixin:
+class _PeerIdentityMixin(asyncio.Protocol):
+    """Placed before uvicorn's protocol class, so `super()` is uvicorn's own `connection_made`."""
+
     app: ASGIApp
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:  # the spec forbids the extension on plain connections
             self.app = _WithTLS(self.app, tls_extension(ssl_object))
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(transport)
 
 
 class H11TLSProtocol(_PeerIdentityMixin, H11Protocol):
     """uvicorn's h11 protocol, plus `scope["extensions"]["tls"]`."""
 
 
+HttpToolsTLSProtocol: type[asyncio.Protocol] | None
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools is an optional extra of uvicorn
-    HttpToolsTLSProtocol: type[asyncio.Protocol] | None = None
+    HttpToolsTLSProtocol = None
 else:
 
-    class HttpToolsTLSProtocol(_PeerIdentityMixin, HttpToolsProtocol):  # type: ignore[no-redef]
+    class _HttpToolsTLSProtocol(_PeerIdentityMixin, HttpToolsProtocol):
         """uvicorn's httptools protocol, plus `scope["extensions"]["tls"]`."""
+
+    HttpToolsTLSProtocol = _HttpToolsTLSProtocol
 
 
 def http_protocol() -> type[asyncio.Protocol]:
