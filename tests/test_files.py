@@ -6,6 +6,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,7 @@ class Trickle(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, view) -> int:  # type: ignore[override]  # RawIOBase types its buffer loosely
+    def readinto(self, view: Any) -> int:
         return self.data.readinto(memoryview(view)[:3])
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import time
 import tracemalloc
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from common.secure import envelope as env
@@ -83,7 +85,8 @@ def test_layout_matches_the_bytes(keyset: Keyset) -> None:
     fields = {name: blob[offset : offset + size] for name, offset, size in header.layout()}
     assert fields["magic"] == env.MAGIC and fields["key id"] == header.key_id.encode()
     assert fields["wrapped data key"] == header.wrapped_key and fields["header tag"] == header.tag
-    assert set(fields["slot padding"]) <= {0}
+    padding = env.DEFAULT_SLOT_SIZE - 3 - len(header.key_id.encode()) - len(header.wrapped_key)
+    assert fields["slot padding"] == bytes(padding) and padding > 0  # a slot with room left for a rotation
     last = header.layout()[-1]
     assert last[1] + last[2] == header.length
 
@@ -97,7 +100,7 @@ class Trickle(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buf: Any) -> int:
         chunk = self._src.read(min(7, len(buf)))
         buf[: len(chunk)] = chunk
         return len(chunk)
@@ -359,6 +362,95 @@ def test_mutated_envelopes_never_decrypt(keyset: Keyset, sealed, data: st.DataOb
         env.decrypt_bytes(mutated, keyset)
 
 
+def raw_header(
+    slot: bytes,
+    *,
+    slot_size: int | None = None,
+    version: int = env.VERSION,
+    algorithm: int = 1,
+    chunk_size: int = CS,
+    magic: bytes = env.MAGIC,
+    tag: bytes = bytes(env.HEADER_TAG_SIZE),
+) -> bytes:
+    """Header bytes laid out by hand (the library's own writer refuses malformed slots)."""
+    fixed = magic + bytes([version, algorithm]) + chunk_size.to_bytes(4, "big") + bytes(32 + 8 + 32)
+    return fixed + (len(slot) if slot_size is None else slot_size).to_bytes(2, "big") + slot + tag
+
+
+def slot(key_id: bytes = b"k", wrapped: bytes = b"w" * 8, padding: bytes = bytes(4)) -> bytes:
+    return bytes([len(key_id)]) + key_id + len(wrapped).to_bytes(2, "big") + wrapped + padding
+
+
+# One case per `raise FormatError` in envelope.read_header (and its _read_exact), each with its own message.
+FORMAT_ERRORS = {
+    "fixed header cut": (env.MAGIC + b"\x01", r"truncated envelope: the fixed header needs 86 bytes, found 9"),
+    "slot size cut": (raw_header(slot())[: env.FIXED_SIZE + 1], r"truncated envelope: the key slot size needs 2 bytes, found 1"),
+    "slot cut": (raw_header(slot())[: env.FIXED_SIZE + 5], r"truncated envelope: the key slot needs 16 bytes, found 3"),
+    "tag cut": (raw_header(slot())[:-1], r"truncated envelope: the header tag needs 32 bytes, found 31"),
+    "magic": (raw_header(slot(), magic=b"HPAI-ENW"), r"not an HPAI envelope: bad magic bytes"),
+    "version": (raw_header(slot(), version=2), r"unsupported envelope version 2 \(this library reads version 1\)"),
+    "algorithm": (raw_header(slot(), algorithm=9), r"unknown algorithm id 9"),
+    "chunk size 0": (raw_header(slot(), chunk_size=0), r"chunk size 0 is outside 1 \.\. 67108864"),
+    "chunk size too big": (raw_header(slot(), chunk_size=(1 << 26) + 1), r"chunk size 67108865 is outside"),
+    "slot too small": (raw_header(b"\x01\x00\x00"), r"key slot of 3 bytes cannot hold a key id and a wrapped key"),
+    "key id empty": (raw_header(slot(key_id=b"")), r"key id length 0 does not fit the 15-byte key slot"),
+    "key id too long": (raw_header(b"\xff" + bytes(9)), r"key id length 255 does not fit the 10-byte key slot"),
+    "key id not UTF-8": (raw_header(slot(key_id=b"\xff\xfe")), r"key id is not valid UTF-8"),
+    "wrapped key empty": (raw_header(slot(wrapped=b"")), r"wrapped key length 0 does not fit the 8-byte key slot"),
+    "wrapped key too long": (raw_header(slot(wrapped=b"w" * 8, padding=b"")[:-1]),
+                             r"wrapped key length 8 does not fit the 11-byte key slot"),
+    "padding": (raw_header(slot(padding=b"\x00\x01")), r"key slot padding is not zero"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(FORMAT_ERRORS))
+def test_each_format_error_says_what_is_malformed(keyset: Keyset, case: str) -> None:
+    blob, message = FORMAT_ERRORS[case]
+    with pytest.raises(FormatError, match=f"^{message}"):
+        env.read_header(io.BytesIO(blob))
+    with pytest.raises(FormatError, match=message):
+        env.decrypt_bytes(blob, keyset)  # refused by the parser before any key is asked for
+
+
+def test_the_format_error_cases_are_all_different_and_the_well_formed_one_parses() -> None:
+    messages = []
+    for blob, _ in FORMAT_ERRORS.values():
+        with pytest.raises(FormatError) as info:
+            env.read_header(io.BytesIO(blob))
+        messages.append(str(info.value))
+    assert len(set(messages)) == len(messages), messages
+    header = env.read_header(io.BytesIO(raw_header(slot())))  # the template every case breaks in one place
+    assert (header.key_id, header.wrapped_key, header.slot_size) == ("k", b"w" * 8, 16)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_key_slots_of_a_valid_header_give_a_clean_error(keyset: Keyset, sealed, data: st.DataObject) -> None:
+    """Mutations inside a real header's key-slot region (its size field, the id and wrapped-key lengths, the
+    key id, the wrapped key, the padding): past the magic, version and algorithm checks every time."""
+    _, blob = sealed
+    header = env.read_header(io.BytesIO(blob))
+    start = env.FIXED_SIZE  # the 2-byte slot size, then the slot
+    ids_end = start + 2 + 3 + len(header.key_id.encode())  # the size, both lengths and the key id
+    positions = st.integers(start, ids_end) | st.integers(start, start + 2 + header.slot_size - 1)
+    mutations = data.draw(st.dictionaries(positions, st.integers(0, 255), min_size=1, max_size=4))
+    mutated = bytearray(blob)
+    for at, value in mutations.items():
+        mutated[at] = value
+    if mutated == blob:
+        return
+    try:
+        parsed = env.read_header(io.BytesIO(mutated))
+    except FormatError as exc:
+        assert "magic" not in str(exc) and "version" not in str(exc), "the fuzzer must get past the fixed checks"
+        event(re.sub(r"\d+", "N", str(exc)))  # which check refused it (--hypothesis-show-statistics)
+    else:  # a slot that still parses must be read consistently, then refused by the keys
+        event("parsed, refused by the keys")
+        assert parsed.fixed == header.fixed and parsed.length == env.FIXED_SIZE + 2 + parsed.slot_size + 32
+    with pytest.raises((FormatError, IntegrityError, KeyNotFound)):
+        env.decrypt_bytes(bytes(mutated), keyset)
+
+
 # -- re-wrap ---------------------------------------------------------------------------------------------------------
 def test_rewrap_changes_only_the_key_slot_and_tag(rsa_keys: list[LocalRSAKey], tmp_path) -> None:
     ks = Keyset()
@@ -417,7 +509,7 @@ def test_rewrap_to_a_bigger_wrapped_key_rewrites_the_header(rsa_keys: list[Local
     ks.rotate(BigWrapKEK())
     assert env.rewrap(path, ks) == "padded-kw"
     header = env.read_header(io.BytesIO(path.read_bytes()))
-    assert header.slot_size > env.DEFAULT_SLOT_SIZE and header.key_id == "padded-kw"
+    assert header.slot_size == 3 + len("padded-kw") + 2000 and header.key_id == "padded-kw"  # what it needs, exactly
     assert env.decrypt_bytes(path.read_bytes(), ks) == data
     assert os.listdir(tmp_path) == ["a.env"]
 

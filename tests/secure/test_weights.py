@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
 import shutil
@@ -18,8 +19,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.data.memory import assert_zero_copy
 from common.engine import build_engine
 from common.engine.embedding import EmbeddingCodec, minilm_path, sentence_encoder
+from common.secure import weights
 from common.secure.errors import FormatError, IntegrityError, KeyNotFound, SignatureMismatch, UnsafeFormat
 from common.secure.keys import Keyset
 from common.secure.signing import SIGNATURE_FILE, generate_signing_key, sign_folder, verify_folder
@@ -91,6 +94,44 @@ def test_parser_is_held_equal_to_safetensors(tmp_path: Path) -> None:
         (minilm_path() / "model.safetensors").read_bytes(),
     ):
         assert_same(_parse_safetensors(bytearray(data), "t"), safetensors.torch.load(data))
+
+
+def test_parsed_tensors_lie_inside_the_buffer_they_were_parsed_from() -> None:
+    """Zero copy, by address: every tensor's bytes (data_ptr .. + nbytes) are inside the plaintext buffer."""
+    plain = bytearray(safetensors.torch.save(state_dict(3)))
+    tensors = _parse_safetensors(plain, "t")
+    assert [name for name, t in tensors.items() if t.numel() == 0] == ["empty"]  # no bytes, no buffer to check
+    for t in (t for t in tensors.values() if t.numel()):
+        assert_zero_copy(plain, t)
+    with pytest.raises(AssertionError, match="1 of 1 buffers were copied"):  # the check sees a copy
+        assert_zero_copy(plain, tensors["layer.weight"].clone())
+
+
+def test_a_load_decrypts_into_one_anonymous_buffer_and_the_tensors_are_views_of_it(
+    tmp_path: Path, keyset: Keyset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No copy between the cipher and the tensors: chunks are decrypted in place (the writer's copying
+    `write` is never called) into memory the tensors then point into."""
+    parsed: list[memoryview] = []
+    parse = weights._parse_safetensors
+
+    def spy(plain: memoryview, name: str) -> dict[str, torch.Tensor]:
+        parsed.append(plain)
+        return parse(plain, name)
+
+    def copying_write(self: object, data: object) -> int:
+        raise AssertionError("a chunk was copied into the plaintext buffer instead of decrypted in place")
+
+    monkeypatch.setattr(weights, "_parse_safetensors", spy)
+    monkeypatch.setattr(weights._MemoryWriter, "write", copying_write)
+    sd = state_dict(4)
+    save_encrypted(sd, tmp_path / "m", keyset, keyset.signing_key())
+    loaded = load_encrypted(tmp_path / "m", keyset, keyset.verify_key())
+    assert_same(loaded, sd)
+    (plain,) = parsed
+    assert isinstance(plain.obj, mmap.mmap if hasattr(mmap, "MAP_ANONYMOUS") else bytearray), type(plain.obj)
+    for t in (t for t in loaded.values() if t.numel()):
+        assert_zero_copy(plain, t)
 
 
 def _craft(header: object, body: bytes = b"") -> bytearray:
@@ -447,7 +488,8 @@ def test_cli_serves_the_encrypted_model(
     from common.serving.server import server_process
 
     monkeypatch.setenv("HPAI_KEYSET_PASSWORD", PASSWORD.decode())
-    with server_process(threads=1, encrypted_model=encrypted_minilm, keyset_dir=keys) as url:
+    with server_process(threads=1, encrypted_model=encrypted_minilm, keyset_dir=keys) as server:
+        url = server.url
         r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS}, timeout=30)
     assert r.status_code == 200, r.text
     served = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
@@ -477,8 +519,6 @@ def test_sharded_folder_merges_shards_and_refuses_repeats(tmp_path: Path, keyset
 def test_plaintext_buffer_is_prefaulted_ahead_of_the_writes(monkeypatch: pytest.MonkeyPatch, fallback: bool) -> None:
     """Writes of odd sizes cross many populate steps and land exactly; a kernel that refuses
     MADV_POPULATE_WRITE (simulated by an invalid advice) gets the whole buffer pre-faulted up front."""
-    from common.secure import weights
-
     monkeypatch.setattr(weights, "POPULATE_STEP", 8192)
     if fallback:
         monkeypatch.setattr(weights, "MADV_POPULATE_WRITE", 12345)
