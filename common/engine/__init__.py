@@ -1,6 +1,6 @@
 """`common.engine`: Model, Runtime, Codec and the Engine that composes them."""
 
-from common.engine.codec import ClassificationCodec, Codec, InvalidRequest, Prediction
+from common.engine.codec import ClassificationCodec, Codec, InvalidRequest, Prediction, RequestTooLarge
 from common.engine.engine import Engine, EngineClosed, build_engine
 from common.engine.model import Model, TensorSpec
 from common.engine.runtime import Runtime, create_runtime, register_runtime, runtimes
@@ -15,6 +15,7 @@ __all__ = [
     "InvalidRequest",
     "Model",
     "Prediction",
+    "RequestTooLarge",
     "Runtime",
     "TensorSpec",
     "TimedRuntime",

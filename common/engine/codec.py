@@ -24,6 +24,11 @@ class InvalidRequest(ValueError):
     def __init__(self, index: int, message: str):
         super().__init__(f"request {index}: {message}")
         self.index = index
+        self.reason = message  # what was wrong, without the "request N: " prefix
+
+
+class RequestTooLarge(InvalidRequest):
+    """A well-formed request over one of the codec's size limits (a server answers 413, not 422)."""
 
 
 class Codec(Protocol[Req_contra, Resp_co]):

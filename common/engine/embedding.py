@@ -19,11 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.engine.codec import InvalidRequest
+from common.engine.codec import InvalidRequest, RequestTooLarge
 from common.engine.model import Model, TensorSpec
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model (BERT allows 512)
+# Characters a token may average before a text is refused by its length alone: prose averages ~5 for this
+# tokenizer and code ~3, so 32 never refuses real text. TEI refuses beyond 250 characters a token of its
+# limit; 32 keeps the characters tokenised to decide on one text (max_tokens * 32) small.
+CHARS_PER_TOKEN_BOUND = 32
+TOKENIZE_GROUP = 16  # texts per tokenizer call: a request is refused at its first bad text, so stop there
 
 
 def minilm_path() -> Path:
@@ -163,18 +168,47 @@ class EmbeddingCodec:
         """From tokenizer files held in memory (see `tokenizer_from_files`)."""
         return cls(tokenizer_from_files(files), max_tokens)
 
+    @property
+    def max_chars(self) -> int:
+        """Characters a text may have (`max_tokens` * CHARS_PER_TOKEN_BOUND): only this many are ever tokenised."""
+        return self.max_tokens * CHARS_PER_TOKEN_BOUND
+
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, with [CLS]/[SEP]; a text over `max_tokens` is an InvalidRequest."""
+        """Token ids per text, with [CLS]/[SEP]. A text that is not a string or is blank is an InvalidRequest;
+        one over `max_tokens` tokens or `max_chars` characters is a RequestTooLarge, for the first such text.
+
+        The work is bounded by the limits, not by the input: each text is cut to its first `max_chars`
+        characters before tokenising (a longer text is refused either way; its prefix only says how many
+        tokens it has at least), and tokenising stops at the group holding the first refused text.
+        """
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidRequest(i, f"expected a string, got {type(text).__name__}")
             if not text.strip():
                 raise InvalidRequest(i, "text is empty")
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        for i, row in enumerate(ids):
-            if len(row) > self.max_tokens:
-                raise InvalidRequest(i, f"text is {len(row)} tokens; the limit is {self.max_tokens}")
+        ids: list[list[int]] = []
+        for start in range(0, len(texts), TOKENIZE_GROUP):
+            group = texts[start : start + TOKENIZE_GROUP]
+            prefixes = [text[: self.max_chars] for text in group]
+            rows = self.tokenizer(prefixes, add_special_tokens=True, truncation=False)["input_ids"]
+            for i, (text, row) in enumerate(zip(group, rows, strict=True), start):
+                self._check_length(i, len(text), len(row))
+            ids += rows
         return ids
+
+    def _check_length(self, index: int, chars: int, tokens: int) -> None:
+        cut = chars > self.max_chars  # then `tokens` counts the first max_chars characters only
+        if tokens > self.max_tokens:
+            counted = f"over {self.max_tokens} tokens ({tokens} in its first {self.max_chars} characters)"
+            raise RequestTooLarge(
+                index, f"text is {counted if cut else f'{tokens} tokens'}; the limit is {self.max_tokens}"
+            )
+        if cut:
+            raise RequestTooLarge(
+                index,
+                f"text is {chars} characters; the limit is {self.max_chars} "
+                f"({self.max_tokens} tokens of at most {CHARS_PER_TOKEN_BOUND} characters each on average)",
+            )
 
     def encode(self, requests: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
         """Pad token-id lists to the longest in the batch (padding costs compute: batch similar lengths)."""

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from common.engine import InvalidRequest, build_engine
-from common.engine.embedding import EmbeddingCodec, minilm_path, sentence_encoder
+from common.engine import InvalidRequest, RequestTooLarge, build_engine
+from common.engine.embedding import CHARS_PER_TOKEN_BOUND, TOKENIZE_GROUP, EmbeddingCodec, minilm_path, sentence_encoder
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -51,12 +51,66 @@ def test_reduced_precision_stays_close(codec, ours, precision, min_cosine):
 
 
 def test_tokenizer_refuses_what_the_model_cannot_take(codec):
-    with pytest.raises(InvalidRequest, match=r"request 1: text is \d+ tokens; the limit is 256"):
-        codec.tokenize(["fine", "word " * 300])
-    with pytest.raises(InvalidRequest, match="request 0: text is empty"):
-        codec.tokenize([" "])
-    with pytest.raises(InvalidRequest, match="request 0: expected a string, got int"):
-        codec.tokenize([7])
+    with pytest.raises(RequestTooLarge, match=r"request 1: text is 302 tokens; the limit is 256"):
+        codec.tokenize(["fine", "word " * 300])  # "word" is one token: 300 + [CLS] + [SEP]
+    for bad, message in (([" "], "request 0: text is empty"), ([7], "request 0: expected a string, got int")):
+        with pytest.raises(InvalidRequest, match=message) as info:
+            codec.tokenize(bad)
+        assert not isinstance(info.value, RequestTooLarge), "a malformed text is invalid (422), not too large (413)"
+
+
+class SpyTokenizer:
+    """The real tokenizer, recording what it was given."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts, **kwargs):
+        self.calls.append(list(texts))
+        return self.real(texts, **kwargs)
+
+
+@pytest.fixture
+def spied(codec) -> tuple[EmbeddingCodec, SpyTokenizer]:
+    spy = SpyTokenizer(codec.tokenizer)
+    return EmbeddingCodec(spy, max_tokens=codec.max_tokens), spy
+
+
+def test_a_huge_text_is_decided_from_its_first_characters(spied):
+    codec, spy = spied
+    assert codec.max_chars == 256 * CHARS_PER_TOKEN_BOUND
+    huge = "word " * 2_000_000  # 10 MB
+    # its first max_chars characters: 1638 whole "word "s, then "wo" (a token too), plus [CLS] and [SEP]
+    at_least = codec.max_chars // 5 + 1 + 2
+    prefix = rf"text is over 256 tokens \({at_least} in its first {codec.max_chars} characters\); the limit is 256"
+    with pytest.raises(RequestTooLarge, match=rf"request 0: {prefix}"):
+        codec.tokenize([huge])
+    assert [len(t) for call in spy.calls for t in call] == [codec.max_chars], "only the deciding prefix is tokenised"
+
+
+def test_a_text_with_few_tokens_for_its_length_is_refused_by_its_characters(spied):
+    codec, _ = spied
+    word = "x" * 101 + " "  # WordPiece reads a word over 100 characters as one [UNK]: 102 characters a token
+    fits = word * (codec.max_chars // len(word))
+    assert [len(row) for row in codec.tokenize([fits])] == [fits.count(" ") + 2]
+    with pytest.raises(
+        RequestTooLarge, match=rf"request 0: text is {len(fits) + 1000} characters; the limit is {codec.max_chars}"
+    ):
+        codec.tokenize([fits + "y" * 1000])
+
+
+def test_tokenising_stops_at_the_group_of_the_first_refused_text(spied):
+    codec, spy = spied
+    texts = ["fine"] * (4 * TOKENIZE_GROUP)
+    texts[1] = "word " * 300
+    with pytest.raises(RequestTooLarge, match="request 1: "):
+        codec.tokenize(texts)
+    assert [len(call) for call in spy.calls] == [TOKENIZE_GROUP], (
+        "the groups after the refused text are never tokenised"
+    )
+    texts[1] = "fine"
+    assert len(codec.tokenize(texts)) == len(texts) and len(spy.calls) == 1 + 4
 
 
 def test_a_folder_without_a_model_is_named(tmp_path):
