@@ -8,10 +8,13 @@ hands each batch to a compute function that runs off the loop. The rules:
   waited `max_queue_delay_ms` (Triton's rule: timing from the start of
   collection instead, as LitServe does, lets a request wait up to twice the delay);
 - a full queue refuses at once (`QueueFull`, a 429), rather than letting latency grow without bound;
-- a request whose deadline passes while queued fails with `DeadlineExceeded` (a 504) and is never computed;
+- a request whose deadline passes while queued (also while every model slot is busy) fails with
+  `DeadlineExceeded` (a 504) at once and is never computed;
 - a request whose caller has gone (its awaiting task was cancelled) is dropped before compute;
 - under load, the batch is the oldest request plus the waiting requests closest
   to it in length, so a batch pads less; the oldest always goes, so none starves;
+  the requests searched are the oldest ones holding `length_window` batches' worth of texts;
+- `close()` finishes the batches already computing and fails every request still queued (`BatcherClosed`);
 - each request gets exactly its own results back, in its own order.
 """
 
@@ -27,6 +30,10 @@ from typing import Generic, Protocol, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+FIRST_BATCH_SECONDS = 0.05  # a batch's compute time assumed before one has been timed
+BATCH_SECONDS_WEIGHT = 0.2  # weight of the newest batch in the running mean of compute time
 
 
 class QueueFull(Exception):
@@ -83,7 +90,9 @@ class BatchPolicy:
     max_queue_delay_ms: float = 5.0
     max_batch_tokens: int = 8192
     max_queue_size: int = 256
-    length_window: int = 4  # batches' worth of waiting requests searched for similar lengths
+    length_window: int = (
+        4  # batches' worth of waiting texts (length_window * max_batch_size) searched for similar lengths
+    )
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_batch_tokens < 1 or self.length_window < 1:
@@ -120,7 +129,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
-        self._batch_seconds = 0.05  # running estimate of one batch's compute time, for Retry-After
+        self._batch_seconds = FIRST_BATCH_SECONDS  # running estimate of one batch's compute time, for Retry-After
 
     # --- public ------------------------------------------------------------
 
@@ -164,7 +173,8 @@ class DynamicBatcher(Generic[Item, Result]):
             raise QueueFull(len(self._pending), self.retry_after_s())
 
     def retry_after_s(self) -> float:
-        """Seconds until the queue has likely drained by one batch's worth: what a client should wait."""
+        """What a refused client should wait: the batches the waiting requests make (requests / max_batch_size)
+        times a batch's running-mean compute time (BATCH_SECONDS_WEIGHT), rounded up to whole seconds, >= 1."""
         batches_ahead = len(self._pending) / self.policy.max_batch_size
         return max(1.0, math.ceil(batches_ahead * self._batch_seconds))
 
@@ -199,7 +209,13 @@ class DynamicBatcher(Generic[Item, Result]):
                 continue
             if self._seconds_until_due(self._clock()) > 0:
                 continue  # woken by a deadline, not by the batch being due: drop the expired, then wait again
-            await self._slots.acquire()  # a free model slot: a batch formed now is as full as it can be
+            # a free model slot: a batch formed now is as full as it can be; while every slot is busy the
+            # waiting requests' deadlines still run, so wait no longer than the earliest of them
+            if not await self._slot_before(min(p.deadline for p in self._pending)):
+                continue  # a deadline passed while the model was busy: drop the expired, then wait again
+            if self._closing:  # close() was called while we waited: what is queued is failed, not computed
+                self._slots.release()
+                break
             self._drop_dead()
             batch = self._take_batch()
             if not batch:
@@ -208,6 +224,14 @@ class DynamicBatcher(Generic[Item, Result]):
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+
+    async def _slot_before(self, deadline: float) -> bool:
+        """Take a model slot, unless `deadline` (on the batcher's clock) passes first."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, deadline - self._clock()))
+        except TimeoutError:
+            return False
+        return True
 
     def _drop_dead(self) -> None:
         """Remove requests whose caller left or whose deadline passed."""
@@ -242,7 +266,12 @@ class DynamicBatcher(Generic[Item, Result]):
         """The oldest request, then waiting requests nearest to it in length, while they fit."""
         if not self._pending:
             return []
-        window = self._pending[: self.policy.length_window * self.policy.max_batch_size]
+        window, texts = [], 0
+        for p in self._pending:  # the oldest requests holding length_window batches' worth of texts
+            if texts >= self.policy.length_window * self.policy.max_batch_size:
+                break
+            window.append(p)
+            texts += len(p.items)
         oldest = window[0]
         batch = [oldest]
         rows, longest = len(oldest.items), oldest.longest
@@ -273,7 +302,7 @@ class DynamicBatcher(Generic[Item, Result]):
                         p.future.set_exception(exc)
                 return
             elapsed = self._clock() - start
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+            self._batch_seconds += BATCH_SECONDS_WEIGHT * (elapsed - self._batch_seconds)
             self.observer.batch_done(len(items), len(items) * max(p.longest for p in batch), queue_seconds, elapsed)
             offset = 0
             for p in batch:

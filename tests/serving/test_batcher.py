@@ -1,10 +1,19 @@
 import asyncio
+import math
 import random
 import time
 
 import pytest
 
-from common.serving.batcher import BatcherClosed, BatchPolicy, DeadlineExceeded, DynamicBatcher, QueueFull
+from common.serving.batcher import (
+    BATCH_SECONDS_WEIGHT,
+    FIRST_BATCH_SECONDS,
+    BatcherClosed,
+    BatchPolicy,
+    DeadlineExceeded,
+    DynamicBatcher,
+    QueueFull,
+)
 
 
 class Recorder:
@@ -36,10 +45,18 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=20))
 
 
-async def started(compute, **policy) -> DynamicBatcher:
-    b = DynamicBatcher(compute, BatchPolicy(**policy))
+async def started(compute, clock=time.monotonic, **policy) -> DynamicBatcher:
+    b = DynamicBatcher(compute, BatchPolicy(**policy), clock=clock)
     await b.start()
     return b
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Let the loop run until `condition()` holds (a test step, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the batcher never got there"
+        await asyncio.sleep(0.001)
 
 
 def test_a_full_batch_goes_at_once():
@@ -84,23 +101,23 @@ def test_token_budget_closes_a_batch():
         return rec
 
     rec = run(main())
-    assert all(len(batch) <= 2 for batch in rec.batches), rec.batches  # 3 x 100 tokens > 250
-    assert sorted(rec.computed) == list(range(5))
+    # 2 x 100 padded tokens fit in 250 and 3 x 100 do not: batches fill to the budget, the last one goes on the delay
+    assert rec.batches == [[0, 1], [2, 3], [4]]
 
 
-def test_a_request_past_its_deadline_gets_504_and_is_never_computed():
+def test_a_request_past_its_deadline_gets_504_while_the_model_is_still_busy():
     async def main():
         rec = Recorder()
         rec.gate = asyncio.Event()
         b = await started(rec, max_batch_size=1, max_queue_delay_ms=0)
         busy = asyncio.ensure_future(b.submit([1], [5], 10))  # holds the only model slot
-        await asyncio.sleep(0.05)
+        await until(lambda: rec.batches)
         late = asyncio.ensure_future(b.submit([2], [5], 0.1))
-        await asyncio.sleep(0.3)
-        rec.gate.set()
-        await busy
         with pytest.raises(DeadlineExceeded, match="past its deadline"):
-            await late
+            await asyncio.wait_for(late, timeout=5)  # answered while the model is still held
+        assert not busy.done() and not rec.gate.is_set()
+        rec.gate.set()
+        assert await busy == [10]
         await b.close()
         return rec
 
@@ -128,28 +145,49 @@ def test_a_caller_that_leaves_is_dropped_before_compute():
     assert rec.computed == [1, 3]
 
 
-def test_a_full_queue_refuses_at_once_with_a_retry_hint():
+class ManualClock:
+    """The batcher's clock, moved by the test: batch times are what the script says."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_full_queue_refuses_at_once_with_the_retry_hint_its_queue_implies():
+    clock = ManualClock()
+
     async def main():
-        rec = Recorder()
-        rec.gate = asyncio.Event()
-        b = await started(rec, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
-        held = [asyncio.ensure_future(b.submit([0], [5], 10))]  # taken by the model, which is held back
-        await asyncio.sleep(0.05)
-        held += [asyncio.ensure_future(b.submit([i], [5], 10)) for i in (1, 2)]  # fill the queue
-        await asyncio.sleep(0.05)
-        assert b.queue_size == 2
-        t0 = time.monotonic()
-        with pytest.raises(QueueFull, match="queue is full") as info:
-            await b.submit([9], [5], 10)
-        refused_in = time.monotonic() - t0
-        rec.gate.set()
+        gate = asyncio.Event()
+        batches = []
+
+        async def compute(items):  # each batch takes 10 s on the batcher's clock; from the second on, held
+            batches.append(items)
+            if len(batches) > 1:
+                await gate.wait()
+            clock.now += 10.0
+            return items
+
+        b = await started(compute, clock, max_batch_size=2, max_queue_delay_ms=0, max_queue_size=4)
+        assert b.retry_after_s() == 1, "nothing waiting: the 1 s floor"
+        await b.submit([0], [5], 1e6)  # one batch timed: 10 s
+        held = [asyncio.ensure_future(b.submit([1], [5], 1e6))]  # takes the model, which is held back
+        await until(lambda: len(batches) == 2)
+        held += [asyncio.ensure_future(b.submit([i], [5], 1e6)) for i in range(2, 6)]  # fill the queue
+        await until(lambda: b.queue_size == 4)
+        refused = b.submit([9], [5], 1e6)
+        with pytest.raises(QueueFull, match=r"queue is full \(4 requests waiting\); retry in 5 s") as info:
+            refused.send(None)  # raises on its first step: a full queue never makes a caller wait
+        gate.set()
         await asyncio.gather(*held)
         await b.close()
-        return info.value, refused_in
+        return info.value, batches
 
-    exc, refused_in = run(main())
-    assert exc.retry_after_s >= 1
-    assert refused_in < 0.05, "a full queue must answer at once, not after waiting"
+    exc, batches = run(main())
+    mean = FIRST_BATCH_SECONDS + BATCH_SECONDS_WEIGHT * (10.0 - FIRST_BATCH_SECONDS)  # after one 10 s batch: 2.04 s
+    assert exc.retry_after_s == math.ceil(4 / 2 * mean) == 5, "4 waiting in batches of 2: two batches of ~2 s ahead"
+    assert [9] not in batches
 
 
 def test_every_request_gets_exactly_its_own_results_in_order():
@@ -209,22 +247,50 @@ def test_a_failing_batch_fails_each_of_its_requests():
     assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in run(main()))
 
 
-def test_close_finishes_running_batches_and_refuses_the_rest():
+def test_close_finishes_running_batches_and_fails_what_is_queued():
     async def main():
-        rec = Recorder(seconds=0.1)
+        rec = Recorder()
+        rec.gate = asyncio.Event()
         b = await started(rec, max_batch_size=1, max_queue_delay_ms=0)
         running = asyncio.ensure_future(b.submit([1], [5], 10))
-        await asyncio.sleep(0.02)
+        await until(lambda: rec.batches)
         queued = asyncio.ensure_future(b.submit([2], [5], 10))
-        await asyncio.sleep(0.01)
-        await b.close()
+        await until(lambda: b.queue_size == 1)
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.sleep(0.01)  # close() has begun; the model is still busy with the running batch
+        rec.gate.set()
+        await closing
         with pytest.raises(BatcherClosed):
             await b.submit([3], [5], 10)
-        return await running, await asyncio.gather(queued, return_exceptions=True)
+        with pytest.raises(BatcherClosed, match="shutting down"):
+            await queued
+        return rec, await running
 
-    running, (queued,) = run(main())
-    assert running == [10]
-    assert isinstance(queued, BatcherClosed | list)  # queued work either ran or was told why, never lost
+    rec, running = run(main())
+    assert running == [10], "the running batch finishes"
+    assert rec.computed == [1], "what was queued at close() is failed (and told why), not computed"
+
+
+def test_the_length_window_counts_texts_not_requests():
+    async def main():
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        b = await started(rec, max_batch_size=4, max_queue_delay_ms=0, length_window=1)
+        first = asyncio.ensure_future(b.submit([0], [50], 10))  # occupies the model
+        await until(lambda: rec.batches)
+        waiting = [  # oldest first: 10 tokens; three texts of 100; then two texts nearer to 10 in length
+            asyncio.ensure_future(b.submit(items, lengths, 10))
+            for items, lengths in (([1], [10]), ([2, 3, 4], [100] * 3), ([5], [12]), ([6], [11]))
+        ]
+        await until(lambda: b.queue_size == 4)
+        rec.gate.set()
+        await asyncio.gather(first, *waiting)
+        await b.close()
+        return rec
+
+    rec = run(main())
+    # one batch's worth of texts (4) holds only the first two requests: the nearer lengths behind them are not searched
+    assert rec.batches[1:] == [[1, 2, 3, 4], [5, 6]]
 
 
 def test_bad_arguments_are_rejected():
