@@ -8,7 +8,7 @@ each costs in speed and accuracy on the machine at hand.
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch import nn
 from common.device import Device
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def check_precision(precision: str, device: Device) -> None:

@@ -17,7 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from common.secure.errors import SecureError, TLSMaterialError
 from common.secure.tls import server_context
 from common.serving.app import create_app
-from common.serving.encrypted import encrypted_engine
+from common.serving.loading import load_engine
 from common.serving.settings import ServingSettings
 from common.serving.tls_identity import http_protocol
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.encrypted_model:  # decrypted before serving, so a bad key or signature stops the start
         started = time.perf_counter()
         try:
-            engine = encrypted_engine(settings)
+            engine = load_engine(settings)
         except (SecureError, OSError) as exc:
             sys.exit(f"python -m common.serving: cannot load the encrypted model: {type(exc).__name__}: {exc}")
         log.info(

@@ -1,5 +1,6 @@
 """Prometheus metrics of the server, one registry per app (no globals, so tests
-and notebooks can run several apps in one process).
+and notebooks can run several apps in one process), and the client's side: one
+scrape of a `/metrics` page, parsed by prometheus_client's own parser.
 
 Names follow Prometheus conventions (base units: seconds, `_total` counters)
 and the habits of Triton and vLLM (queue time, compute time and batch size as
@@ -10,10 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ENDPOINTS = ("/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics")  # label values; others: "other"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -113,3 +121,99 @@ async def watch_loop_lag(metrics: ServingMetrics, interval_s: float = 0.05) -> N
 def observe_duration(metrics: ServingMetrics, endpoint: str, status: int, started: float) -> None:
     metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
     metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+
+
+class MetricsMiddleware:
+    """Counts every answer by endpoint and status, times it, and tracks requests in flight.
+
+    The metrics are the app's, from the lifespan state (`scope["state"]["serving"]`); without a
+    lifespan there are none and requests pass through uncounted.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = (scope.get("state") or {}).get("serving")
+        if scope["type"] != "http" or state is None:
+            await self.app(scope, receive, send)
+            return
+        metrics: ServingMetrics = state.metrics
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"  # bounded label values
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            metrics.inflight.dec()
+            observe_duration(metrics, endpoint, status, started)
+
+
+# --- the client's side: a scrape ---------------------------------------------------------------------
+
+Labels = frozenset[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class MetricSamples:
+    """The samples of one scrape (or the difference of two), by name and labels.
+
+    Sample names are the exposition's: `hpai_requests_total`, `hpai_batch_size_sum`, `_count`, `_bucket`.
+    `after - before` is what grew between two scrapes; `a + b` sums such differences.
+    """
+
+    values: Mapping[tuple[str, Labels], float] = field(default_factory=dict)
+
+    def get(self, name: str, **labels: str) -> float:
+        """The sample with exactly these labels; 0.0 when absent (a labelled counter not yet incremented)."""
+        return self.values.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over samples `name` whose labels include these, e.g. every status of one endpoint."""
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in self.values.items() if n == name and wanted <= ls)
+
+    def mean(self, histogram: str, **labels: str) -> float | None:
+        """A histogram's mean, `_sum / _count` (None with no observations)."""
+        count = self.get(f"{histogram}_count", **labels)
+        return self.get(f"{histogram}_sum", **labels) / count if count else None
+
+    def __sub__(self, earlier: MetricSamples) -> MetricSamples:
+        return MetricSamples({k: v - earlier.values.get(k, 0.0) for k, v in self.values.items()})
+
+    def __add__(self, other: MetricSamples) -> MetricSamples:
+        keys = self.values.keys() | other.values.keys()
+        return MetricSamples({k: self.values.get(k, 0.0) + other.values.get(k, 0.0) for k in keys})
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """(name, labels, value) of every sample."""
+        for (name, labels), value in self.values.items():
+            yield name, dict(labels), value
+
+
+def parse_metrics(text: str) -> MetricSamples:
+    """A Prometheus text exposition, parsed by prometheus_client (not by hand)."""
+    return MetricSamples(
+        {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+    )
+
+
+def scrape_metrics(url: str, **httpx_options: Any) -> MetricSamples:
+    """`GET {url}/metrics`, parsed. `httpx_options` go to `httpx.get` (e.g. `verify=` for mutual TLS);
+    a server with no /metrics raises httpx.HTTPStatusError."""
+    options = {"timeout": 5.0, "trust_env": False, **httpx_options}  # no proxy between us and loopback
+    response = httpx.get(f"{url}/metrics", **options)
+    response.raise_for_status()
+    return parse_metrics(response.text)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import httpx
 
@@ -42,6 +43,13 @@ def wait_ready(
     raise TimeoutError(f"{url} was not ready after {timeout_s:.0f} s")
 
 
+class ServerProcess(NamedTuple):
+    """A running server: where to reach it, and its process (e.g. for `psutil.Process(pid)`)."""
+
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
 def server_process(
     *,
@@ -49,12 +57,12 @@ def server_process(
     log_level: str = "warning",
     client_tls: ssl.SSLContext | None = None,
     **settings: object,
-) -> Iterator[str]:
-    """`with server_process(max_batch_size=1) as url:` starts `python -m common.serving` on a free
-    loopback port with those settings (as CLI flags), waits until it is ready, yields its URL,
-    and stops it on exit. With `tls_cert`, `tls_key`, `tls_ca` and `allowed_clients` the server
-    speaks mutual TLS; `client_tls` (from `common.secure.tls.client_context`) is then needed to ask
-    it whether it is ready, and the URL is https."""
+) -> Iterator[ServerProcess]:
+    """`with server_process(max_batch_size=1) as server:` starts `python -m common.serving` on a free
+    loopback port with those settings (as CLI flags), waits until it is ready, yields its URL and
+    pid (`server.url`, `server.pid`), and stops it on exit. With `tls_cert`, `tls_key`, `tls_ca` and
+    `allowed_clients` the server speaks mutual TLS; `client_tls` (from `common.secure.tls.client_context`)
+    is then needed to ask it whether it is ready, and the URL is https."""
     tls = "tls_cert" in settings
     if tls and client_tls is None:
         raise ValueError("a mutual TLS server needs client_tls=client_context(ca, cert, key) to probe /readyz")
@@ -81,7 +89,7 @@ def server_process(
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         wait_ready(url, proc=proc, verify=client_tls or True)
-        yield url
+        yield ServerProcess(url, proc.pid)
     finally:
         proc.terminate()
         try:

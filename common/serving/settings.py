@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.engine.embedding import MINILM_MAX_TOKENS, MINILM_NAME
-from common.engine.precision import PRECISIONS
+from common.engine.precision import Precision
 from common.serving.batcher import BatchPolicy
 
 
@@ -22,7 +22,7 @@ class ServingSettings(BaseSettings):
     model_path: str | None = Field(None, description="Hugging Face model folder (default: the packaged MiniLM)")
     runtime: str = Field("torch-eager", description="runtime from common.engine's registry")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: str = Field("fp32", description=f"one of {', '.join(PRECISIONS)}")
+    precision: Precision = Field("fp32", description="numeric precision of the model's weights and compute")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     model_copies: int = Field(
         1, ge=1, description="batches computed at once on the engine's threads (sharing one model)"
@@ -34,6 +34,11 @@ class ServingSettings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="deadline in the queue; later answers 504")
     max_inputs_per_request: int = Field(256, ge=1, description="inputs in one request at most (413 beyond)")
     max_tokens: int = Field(MINILM_MAX_TOKENS, ge=2, description="tokens per input at most (413 beyond)")
+    max_body_bytes: int = Field(
+        2_000_000,  # TEI's --payload-limit default
+        ge=1,
+        description="request body size at most (413 beyond: from Content-Length before reading, or while reading)",
+    )
     limit_concurrency: int | None = Field(
         None, ge=1, description="connections+requests uvicorn serves at once; beyond it answers 503 without parsing"
     )
@@ -57,8 +62,6 @@ class ServingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         tls = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "tls_ca": self.tls_ca}
         if any(tls.values()) and not all(tls.values()):
             missing = ", ".join(k for k, v in tls.items() if not v)

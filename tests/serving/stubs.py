@@ -28,9 +28,16 @@ class StubEmbeddingRuntime:
     device = "cpu"
     model = MODEL
 
-    def __init__(self, seconds_per_batch: float = 0.0, hold_warmup: threading.Event | None = None):
+    def __init__(
+        self,
+        seconds_per_batch: float = 0.0,
+        hold_warmup: threading.Event | None = None,
+        hold: threading.Event | None = None,
+    ):
         self.seconds_per_batch = seconds_per_batch
         self.hold_warmup = hold_warmup
+        self.hold = hold  # each batch (after the warm-up) waits for it: the model is busy until the test says
+        self.running = threading.Event()  # set when a batch has started
         self.batches: list[int] = []
         self.warmups = 0
 
@@ -42,6 +49,9 @@ class StubEmbeddingRuntime:
                 self.hold_warmup.wait(10)
         else:
             self.batches.append(len(ids))
+            self.running.set()
+            if self.hold is not None:
+                self.hold.wait(30)
         time.sleep(self.seconds_per_batch)
         out = np.zeros((len(ids), DIM), np.float32)
         out[:, 0] = mask.sum(axis=1)
