@@ -4,7 +4,7 @@ Memory-bound ops (softmax, layernorm, GELU, bias+GELU) run on 4096 x 4096 float3
 (64 MiB, far beyond the caches) and are judged by achieved bandwidth: the bytes
 the op cannot avoid (read each input once, write the output once) over its time,
 as a fraction of the copy bandwidth `common.bench.machine_ceilings()` measures.
-"Unfused" is the op written one NumPy call per step (`common.kernels.unfused`);
+"Unfused" is the op written one NumPy call per step (`common.kernels.demos.unfused`);
 PyTorch's bias+GELU is itself add-then-GELU, two kernels. Every call returns a fresh
 64 MiB array, and mapping fresh memory costs about as much as the kernel (torch's
 allocator asks for no huge pages, NumPy's does), so the fused kernels are also timed
@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 from common import bench
-from common.kernels import OPS, roofline, unfused
+from common.kernels import OPS
+from common.kernels.analysis import roofline
+from common.kernels.demos import unfused
 
 ROWS, COLS = 4096, 4096
 MATMUL_N = 1024

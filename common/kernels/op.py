@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.kernels import backends as _backends
+from common.kernels import registry
 
 ArrayLike = Any  # numpy.ndarray | torch.Tensor | cupy.ndarray
 
@@ -100,7 +100,7 @@ class Op:
         gpu_order: Sequence[str],
         doc: str,
     ):
-        unknown = set(implemented) - set(_backends.BACKENDS)
+        unknown = set(implemented) - set(registry.BACKENDS)
         if unknown:
             raise ValueError(f"{name}: unknown backends {sorted(unknown)}")
         self.name = name
@@ -115,34 +115,34 @@ class Op:
 
     def backends(self) -> list[str]:
         """The backends of this op that can run on this machine."""
-        return [b for b in self.implemented if _backends.status(b) is None]
+        return [b for b in self.implemented if registry.status(b) is None]
 
     def unavailable(self) -> dict[str, str]:
         """Each backend of this op that cannot run here, with the reason."""
-        reasons = {b: _backends.status(b) for b in self.implemented}
+        reasons = {b: registry.status(b) for b in self.implemented}
         return {b: r for b, r in reasons.items() if r is not None}
 
     def implementation(self, backend: str) -> Callable[..., Any]:
         """The backend's own function, taking and returning its native arrays (for benchmarks)."""
         self._require(backend)
-        return getattr(_backends.module(backend), self.name)
+        return getattr(registry.module(backend), self.name)
 
     def choose(self, *arrays: ArrayLike) -> str:
         """The backend `auto` runs for these arrays: the first runnable, real-hardware one that takes them."""
         dtype = dtype_name(arrays[0])
         order = self.gpu_order if _is_gpu(arrays[0]) else self.cpu_order
         for b in order:
-            spec = _backends.BACKENDS[b]
-            if _backends.status(b) is None and not _backends.is_slow_emulation(b) and dtype in spec.dtypes:
+            spec = registry.BACKENDS[b]
+            if registry.status(b) is None and not registry.is_slow_emulation(b) and dtype in spec.dtypes:
                 return b
         raise ValueError(f"{self.name}: no backend here takes {dtype} arrays; runnable: {self.backends()}")
 
     def _require(self, backend: str) -> None:
-        if backend not in _backends.BACKENDS:
+        if backend not in registry.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: expected 'auto' or one of {list(self.implemented)}")
         if backend not in self.implemented:
             raise ValueError(f"{self.name} has no {backend!r} backend: expected one of {list(self.implemented)}")
-        reason = _backends.status(backend)
+        reason = registry.status(backend)
         if reason is not None:
             raise RuntimeError(f"backend {backend!r} cannot run here: it {reason}")
 
@@ -157,7 +157,7 @@ class Op:
         if backend == "auto":
             backend = self.choose(*arrays)
         self._require(backend)
-        spec = _backends.BACKENDS[backend]
+        spec = registry.BACKENDS[backend]
         dtype = dtypes.pop()
         if dtype not in spec.dtypes:
             raise ValueError(
@@ -165,5 +165,5 @@ class Op:
                 f"cast first, or choose a backend that takes {dtype}"
             )
         native = [_convert(a, spec.native) for a in arrays]
-        result = getattr(_backends.module(backend), self.name)(*native, **options)
+        result = getattr(registry.module(backend), self.name)(*native, **options)
         return _back(result, arrays[0])

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.bench import measure_memory
-from common.kernels import numba_attention as na
 from common.kernels import reference
+from common.kernels.backends import numba_attention as na
 from common.kernels.ops import tolerance
 
 

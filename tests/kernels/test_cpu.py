@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 from numba import njit, types
 
 from common import bench
-from common.kernels import numba_cpu, reference, simd, simd_examples, tolerance
+from common.kernels import reference, tolerance
+from common.kernels.analysis import simd
+from common.kernels.backends import numba_cpu
+from common.kernels.demos import simd_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 F32 = types.Array(types.float32, 1, "C")
@@ -71,7 +74,7 @@ def test_a_second_process_loads_the_kernels_from_the_cache() -> None:
     script = textwrap.dedent(
         """
         import numpy as np
-        from common.kernels import numba_cpu
+        from common.kernels.backends import numba_cpu
         x, w = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)
         numba_cpu.layernorm(x, w, w)
         stats = numba_cpu._layernorm_kernel.stats
@@ -281,7 +284,7 @@ def test_layernorm_keeps_its_precision_far_from_zero() -> None:
 @pytest.mark.slow
 def test_cpp_extension_matches_the_reference_and_is_timed_against_numba() -> None:
     """Building takes 20-60 s the first time; torch caches the build for the next run."""
-    from common.kernels import cpp_ext
+    from common.kernels.demos import cpp_ext
 
     cpp_ext.load()
     rng = np.random.default_rng(5)

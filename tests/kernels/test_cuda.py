@@ -13,9 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
-from common.kernels import cuda_build, cupy_ops, numba_cuda, reference
-from common.kernels.backends import status
+from common.kernels import reference
+from common.kernels.analysis import cuda_build
+from common.kernels.backends import cuda_c, cupy_ops, numba_cuda
 from common.kernels.ops import tolerance
+from common.kernels.registry import status
 
 HAS_NVCC = cuda_build.nvcc_available()
 needs_nvcc = pytest.mark.skipif(not HAS_NVCC, reason="needs nvcc (CUDA toolkit)")
@@ -112,7 +114,7 @@ def test_through_the_op_api():
 @pytest.fixture
 def cupy_ops_on_cpu(monkeypatch):
     """cupy_ops with NumPy for CuPy and g++-built kernels for NVRTC-built ones: the same host code, on the CPU."""
-    from common.kernels import cuda_cpu
+    from common.kernels.backends import cuda_cpu
 
     monkeypatch.setattr(cupy_ops, "_cupy", lambda: np)
     monkeypatch.setattr(cupy_ops, "_function", cuda_cpu.function)
@@ -146,7 +148,7 @@ def test_cuda_c_matmul_and_attention_on_cpu(cupy_ops_on_cpu):
 
 @needs_gxx
 def test_cpu_kernels_check_their_arguments():
-    from common.kernels import cuda_cpu
+    from common.kernels.backends import cuda_cpu
 
     kernel = cuda_cpu.function("vector_add", "vector_add")
     assert kernel.params == ["const float*", "const float*", "float*", "int"]
@@ -160,7 +162,7 @@ def test_cpu_kernels_check_their_arguments():
 
 
 def _defines(name: str) -> dict[str, int]:
-    text = cuda_build.cuda_sources()[name].read_text()
+    text = cuda_c.cuda_sources()[name].read_text()
     return {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)\b", text)}
 
 
@@ -173,17 +175,17 @@ def test_launch_constants_match_the_cuda_sources():
 
 
 def test_cuda_c_and_numba_define_the_same_kernels():
-    from common.kernels.cuda_cpu import kernel_parameters
+    from common.kernels.backends.cuda_cpu import kernel_parameters
 
     in_cuda = set()
-    for path in cuda_build.cuda_sources().values():
+    for path in cuda_c.cuda_sources().values():
         in_cuda |= set(kernel_parameters(path.read_text()))
     assert in_cuda == set(numba_cuda.KERNEL_SIGNATURES) - {"thread_indices"} == set(cupy_ops.LAUNCH_THREADS)
 
 
 def test_cuda_sources_compile_under_nvrtc_rules():
     """CuPy compiles with NVRTC, which has no system headers: no #include, no INFINITY, no size_t."""
-    for name, path in cuda_build.cuda_sources().items():
+    for name, path in cuda_c.cuda_sources().items():
         code = re.sub(r"//.*", "", path.read_text())
         for banned in (r"#include", r"\bINFINITY\b", r"\bsize_t\b"):
             assert not re.search(banned, code), f"{name}.cu uses {banned}"
@@ -245,7 +247,7 @@ def test_missing_toolkit_is_a_clear_error(monkeypatch):
 
 @needs_nvcc
 def test_every_cuda_source_compiles_with_its_resources():
-    for name, path in cuda_build.cuda_sources().items():
+    for name, path in cuda_c.cuda_sources().items():
         report = cuda_build.compile_cubin(path)
         assert report.arch == "sm_80" and report.kernels, name
         for k in report.kernels.values():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from common.kernels.cuda_build import KernelResources
-from common.kernels.occupancy import GPUS, LIMITERS, kernel_occupancy, occupancy
+from common.kernels.analysis.cuda_build import KernelResources
+from common.kernels.analysis.occupancy import GPUS, LIMITERS, kernel_occupancy, occupancy
 
 
 @pytest.mark.parametrize(

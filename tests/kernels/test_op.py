@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from common.kernels import BACKENDS, OPS, op, reference, tolerance
-from common.kernels.backends import is_slow_emulation, status
+from common.kernels.registry import is_slow_emulation, status
 
 CASES = [(name, backend) for name, kernel in OPS.items() for backend in kernel.backends()]
 FAST_EXAMPLES = 25

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.kernels import reference, roofline, tolerance, unfused
+from common.kernels import reference, tolerance
+from common.kernels.analysis import roofline
+from common.kernels.demos import unfused
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from common.device import cuda_available
 from common.kernels import reference
-from common.kernels.backends import status
 from common.kernels.ops import tolerance
+from common.kernels.registry import status
 
 if status("triton") is not None:
     pytest.skip(f"the triton backend {status('triton')}", allow_module_level=True)
 
-from common.kernels import triton_ops  # only once triton can run
+from common.kernels.backends import triton_ops  # only once triton can run
 
 DEVICE = "cuda" if cuda_available() else "cpu"
 FEW = settings(max_examples=30, deadline=None)

@@ -1,6 +1,6 @@
 """Run the CUDA C kernels of `cuda/*.cu` on the CPU: one OS thread per CUDA thread.
 
-Without a GPU the CUDA C sources can be compiled (`cuda_build`) but not run,
+Without a GPU the CUDA C sources can be compiled (`analysis.cuda_build`) but not run,
 so their arithmetic would go untested. Here g++ compiles the same source with
 a small header that maps CUDA's names to C++: `threadIdx` and `blockIdx` are
 thread-local variables, `__shared__` arrays are statics shared by the block's
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from common.kernels.cuda_build import CompileError, cuda_sources
+from common.kernels.backends.cuda_c import CompileError, cuda_sources
 
 _SHIM = r"""
 #include <math.h>

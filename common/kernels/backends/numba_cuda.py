@@ -12,7 +12,7 @@ literal would turn the arithmetic into double precision, which consumer GPUs
 run up to 64 times slower.
 
 Kernel names match the CUDA C sources in `cuda/*.cu`, so resource reports
-(`common.kernels.cuda_build`) line up kernel by kernel.
+(`common.kernels.analysis.cuda_build`) line up kernel by kernel.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.kernels.cuda_build import KernelResources
+from common.kernels.analysis.cuda_build import KernelResources
 
 WARP_SIZE = 32
 UNLIMITED = 2**31 - 1  # a resource the kernel does not use does not limit it (cuda_occupancy.h's INT_MAX)

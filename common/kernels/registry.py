@@ -1,4 +1,5 @@
-"""Which kernel backends exist, what each one takes, and whether it can run here.
+"""The registry of kernel backends: which exist (one module each in `backends/`), what each takes, whether it
+can run here.
 
 A backend is a way of running an op: plain NumPy in float64 (`reference`),
 Numba on the CPU, PyTorch, Numba's CUDA target, CuPy, Triton. Whether one can
@@ -29,7 +30,7 @@ Native = Literal["numpy", "torch", "cupy"]
 @dataclass(frozen=True)
 class Backend:
     name: str
-    module: str  # "common.kernels.<module>" holds one function per op, named as the op
+    module: str  # the module that holds one function per op, named as the op
     native: Native  # the array type its functions take and return
     dtypes: tuple[str, ...]  # element types its functions accept (and return)
     description: str
@@ -40,24 +41,46 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend(
             "reference",
-            "reference",
+            "common.kernels.reference",
             "numpy",
             ("float16", "float32", "float64"),
             "NumPy, float64 inside: the answer every other backend is held to",
         ),
-        Backend("numba", "numba_cpu", "numpy", ("float32", "float64"), "Numba @njit(parallel=True) on the CPU"),
+        Backend(
+            "numba",
+            "common.kernels.backends.numba_cpu",
+            "numpy",
+            ("float32", "float64"),
+            "Numba @njit(parallel=True) on the CPU",
+        ),
         Backend(
             "torch",
-            "torch_ops",
+            "common.kernels.backends.torch_ops",
             "torch",
             ("float16", "bfloat16", "float32", "float64"),
             "PyTorch ops (ATen kernels) on the tensor's device",
         ),
         Backend(
-            "numba-cuda", "numba_cuda", "numpy", ("float32",), "Numba CUDA kernels (on the simulator without a GPU)"
+            "numba-cuda",
+            "common.kernels.backends.numba_cuda",
+            "numpy",
+            ("float32",),
+            "Numba CUDA kernels (on the simulator without a GPU)",
         ),
-        Backend("cupy", "cupy_ops", "cupy", ("float32",), "CUDA C sources (cuda/*.cu) launched through CuPy RawModule"),
-        Backend("triton", "triton_ops", "torch", ("float32",), "Triton kernels (on the interpreter without a GPU)"),
+        Backend(
+            "cupy",
+            "common.kernels.backends.cupy_ops",
+            "cupy",
+            ("float32",),
+            "CUDA C sources (backends/cuda/*.cu) launched through CuPy RawModule",
+        ),
+        Backend(
+            "triton",
+            "common.kernels.backends.triton_ops",
+            "torch",
+            ("float32",),
+            "Triton kernels (on the interpreter without a GPU)",
+        ),
     )
 }
 
@@ -109,4 +132,4 @@ def is_slow_emulation(name: str) -> bool:
 @functools.cache
 def module(name: str) -> ModuleType:
     """The backend's module, imported on first use."""
-    return importlib.import_module(f"common.kernels.{BACKENDS[name].module}")
+    return importlib.import_module(BACKENDS[name].module)

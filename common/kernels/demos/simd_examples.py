@@ -8,7 +8,7 @@
   sum per lane and adds them at the end. Without it, it may not: float addition
   is not associative, and reordering changes the last bits of the result.
 
-Inspect them with `common.kernels.simd`. Compilation is lazy: call once first.
+Inspect them with `common.kernels.analysis.simd`. Compilation is lazy: call once first.
 """
 
 from __future__ import annotations

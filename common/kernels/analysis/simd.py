@@ -6,7 +6,7 @@ float32 lanes, one AVX register) and its assembly uses *packed* instructions
 ymm (256-bit) or zmm (512-bit) registers. The scalar forms (`vmulss`,
 `vaddsd`: ss/sd = scalar single/double) use the same registers but one lane.
 
-    from common.kernels import simd
+    from common.kernels.analysis import simd
     asm = simd.assembly(fn)                 # fn: an @njit function called (or compiled) once
     simd.packed_simd_instructions(asm)      # Counter({'vfmadd231ps zmm': 4, ...}); empty: no SIMD math
 """

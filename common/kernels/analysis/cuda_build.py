@@ -4,7 +4,7 @@
 and has ptxas print, per kernel, the registers each thread holds, the static
 shared memory each block claims, the bytes spilled to local memory, the stack
 frame and the constant bank. Those numbers decide occupancy
-(`common.kernels.occupancy`) and explain most slow kernels, and none of them
+(`common.kernels.analysis.occupancy`) and explain most slow kernels, and none of them
 needs a GPU to obtain. Numba CUDA kernels get the same report: Numba compiles
 them to PTX and `ptxas -v` (next to nvcc) assembles that PTX.
 """
@@ -22,16 +22,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+from common.kernels.backends.cuda_c import CUDA_DIR, CompileError, cuda_sources
+
 NVCC_MISSING = "needs nvcc (CUDA toolkit)"
+_REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class ToolkitMissing(RuntimeError):
     """nvcc or ptxas is not on PATH."""
-
-
-class CompileError(RuntimeError):
-    """nvcc or ptxas rejected the source; the message holds the compiler's output."""
 
 
 @dataclass(frozen=True)
@@ -124,11 +122,6 @@ def nvcc_available() -> bool:
     return shutil.which("nvcc") is not None and shutil.which("ptxas") is not None
 
 
-def cuda_sources() -> dict[str, Path]:
-    """The CUDA C sources of the kernel library, by file stem: {'softmax': .../cuda/softmax.cu, ...}."""
-    return {p.stem: p for p in sorted(CUDA_DIR.glob("*.cu"))}
-
-
 def _source(path_or_source: str | Path) -> tuple[str, str]:
     """(label, CUDA C text) of a .cu path, a library source name ('softmax') or source text."""
     if isinstance(path_or_source, Path) or (
@@ -206,7 +199,7 @@ cc = (int(arch[3:-1]), int(arch[-1]))
 # so answer with the target architecture (the kernel itself gets cc= below).
 numba.cuda.dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
 from numba import cuda
-from common.kernels import numba_cuda
+from common.kernels.backends import numba_cuda
 names = sys.argv[2:] or list(numba_cuda.KERNEL_SIGNATURES)
 ptx = {}
 for name in names:
@@ -216,17 +209,22 @@ json.dump(ptx, sys.stdout)
 """
 
 
+def _child_env(without: str) -> dict[str, str]:
+    """This process's environment for a compiling child: `without` unset, and `common` importable from this tree."""
+    env = {k: v for k, v in os.environ.items() if k != without}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 @functools.cache
 def numba_ptx(arch: str = "sm_80", kernels: tuple[str, ...] = ()) -> dict[str, str]:
-    """PTX of the Numba CUDA kernels in `common.kernels.numba_cuda` (all of them by default), by name.
+    """PTX of the Numba CUDA kernels in `common.kernels.backends.numba_cuda` (all of them by default), by name.
 
     Compiled in a child Python with the simulator off, so it works in any process and without a GPU.
     """
     if not re.fullmatch(r"sm_\d\d", arch):
         raise ValueError(f"arch must look like 'sm_80', got {arch!r}")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env = _child_env(without="NUMBA_ENABLE_CUDASIM")
     done = subprocess.run(
         [sys.executable, "-c", _NUMBA_PTX_CHILD, arch, *kernels], capture_output=True, text=True, env=env
     )
@@ -265,10 +263,8 @@ json.dump({"ptx": compiled.asm["ptx"], "shared": meta.shared, "num_warps": meta.
 @functools.cache
 def _triton_build(spec: str) -> dict:
     # A child process: under TRITON_INTERPRET=1 (this machine's notebooks) kernels are interpreted, not compiled.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = _child_env(without="TRITON_INTERPRET")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, set so it does not warn about it
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-c", _TRITON_CHILD, spec], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise CompileError(f"compiling the Triton kernel failed:\n{done.stderr[-4000:]}")
@@ -305,5 +301,5 @@ def triton_report(
 
 
 def library_reports(arch: str = "sm_80") -> list[BuildReport]:
-    """The report of every CUDA C source in cuda/, then of the Numba CUDA kernels."""
+    """The report of every CUDA C source of the library, then of the Numba CUDA kernels."""
     return [compile_cubin(path, arch) for path in cuda_sources().values()] + [numba_report(arch)]

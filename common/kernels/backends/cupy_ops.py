@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from common.kernels.cuda_build import cuda_sources
+from common.kernels.backends.cuda_c import cuda_sources
 from common.kernels.ops import ATTENTION_ALGORITHMS
 
 # Must equal the #defines of the .cu sources (a test reads them back).

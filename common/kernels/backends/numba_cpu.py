@@ -488,4 +488,4 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --- attention -------------------------------------------------------------
 
 # Naive and flash attention have their own module (and their own tests); this backend re-exports them.
-from common.kernels.numba_attention import attention  # noqa: E402, F401
+from common.kernels.backends.numba_attention import attention  # noqa: E402, F401

@@ -1,0 +1,10 @@
+"""Tools that say what a kernel costs, without running it for time.
+
+    roofline.py     the bytes an op must move and the FLOPs it must do: where it sits on a roofline
+    simd.py         Numba's LLVM IR and assembly: did the loop become SIMD, did prange parallelise it
+    cuda_build.py   nvcc and ptxas without a GPU: registers, shared memory and spills per kernel
+    occupancy.py    how many warps of a kernel an SM holds, and which resource stops it holding more
+
+Nothing is imported here (`simd` needs Numba, `cuda_build` the CUDA toolkit):
+import the module you use, e.g. `from common.kernels.analysis import roofline`.
+"""
