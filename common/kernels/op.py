@@ -88,7 +88,10 @@ class Op:
     `check(*arrays, **options)` raises ValueError for bad input, naming what is
     wrong and what is expected, before any backend runs. `cpu_order` and
     `gpu_order` rank the backends for `auto`, fastest first, as measured by
-    `benchmarks/kernels.py`.
+    `benchmarks/kernels.py`. `flops_per_element` is set for an op that does a
+    fixed few FLOPs per element of its first input (elementwise and row-wise
+    ops: memory-bound at every size), None where the work grows with a
+    reduced axis (matmul, attention).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Op:
         cpu_order: Sequence[str],
         gpu_order: Sequence[str],
         doc: str,
+        flops_per_element: int | None = None,
     ):
         unknown = set(implemented) - set(registry.BACKENDS)
         if unknown:
@@ -108,6 +112,7 @@ class Op:
         self.implemented = tuple(implemented)
         self.cpu_order = tuple(b for b in cpu_order if b in self.implemented)
         self.gpu_order = tuple(b for b in gpu_order if b in self.implemented)
+        self.flops_per_element = flops_per_element
         self.__doc__ = doc
 
     def __repr__(self) -> str:

@@ -104,6 +104,8 @@ def _check_attention(
         raise ValueError(f"scale must be None (1/sqrt(head_dim)) or a number > 0, got {scale!r}")
 
 
+# flops_per_element: nominal, counting an exp, an erf or a division as one FLOP. Enough to place an op on a
+# roofline (about 1 FLOP per byte, far left of the ridge), not a census.
 _CPU = ("numba", "torch", "reference")
 _GPU = ("triton", "cupy", "torch", "numba-cuda")
 _ALL = ("reference", "numba", "torch", "numba-cuda", "cupy", "triton")
@@ -115,6 +117,7 @@ softmax = Op(
     _CPU,
     _GPU,
     "softmax(x) over the last axis, max-subtracted so large inputs cannot overflow.",
+    flops_per_element=5,
 )
 layernorm = Op(
     "layernorm",
@@ -123,6 +126,7 @@ layernorm = Op(
     _CPU,
     _GPU,
     "layernorm(x, weight, bias, eps=1e-5) over the last axis (biased variance, as torch).",
+    flops_per_element=8,
 )
 gelu = Op(
     "gelu",
@@ -131,6 +135,7 @@ gelu = Op(
     _CPU,
     _GPU,
     "gelu(x, approximate='none'): exact x * Phi(x) with erf, or the tanh approximation.",
+    flops_per_element=8,
 )
 bias_gelu = Op(
     "bias_gelu",
@@ -139,6 +144,7 @@ bias_gelu = Op(
     _CPU,
     _GPU,
     "bias_gelu(x, bias, approximate='none') = gelu(x + bias), fused: one read and one write of x.",
+    flops_per_element=9,
 )
 matmul = Op(
     "matmul",

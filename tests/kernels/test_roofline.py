@@ -32,10 +32,12 @@ def test_unfused_matches_the_reference(name, approximate, rng):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
-def test_torch_unfused_bias_gelu_matches_the_reference(rng):
-    x, b = rng.standard_normal((4, 9), dtype=np.float32), rng.standard_normal(9, dtype=np.float32)
-    got = unfused.torch_bias_gelu(torch.from_numpy(x), torch.from_numpy(b)).numpy()
-    np.testing.assert_allclose(got, reference.bias_gelu(x, b), rtol=1e-5, atol=1e-6)
+def test_memory_bound_ops_are_read_from_the_ops_with_their_flops_per_element():
+    assert roofline.MEMORY_BOUND == ("softmax", "layernorm", "gelu", "bias_gelu")
+    assert set(unfused.UNFUSED) == set(roofline.MEMORY_BOUND)  # a baseline for every one
+    x = np.ones((3, 10), np.float32)
+    per_element = {name: roofline.flops(name, x, x[0], x[0]) / x.size for name in roofline.MEMORY_BOUND}
+    assert per_element == {"softmax": 5, "layernorm": 8, "gelu": 8, "bias_gelu": 9}
 
 
 def test_min_bytes_reads_inputs_once_and_writes_the_output_once():
@@ -63,7 +65,8 @@ def test_flops_count_multiply_adds_twice_and_causal_halves_attention():
 
 def test_memory_bound_ops_sit_left_of_any_realistic_ridge():
     x, w = np.ones((256, 256), np.float32), np.ones(256, np.float32)
-    for name, args in {"softmax": (x,), "gelu": (x,), "bias_gelu": (x, w), "layernorm": (x, w, w)}.items():
-        assert roofline.intensity(name, *args) < 2.0, name  # CPU ridges are ~5-20 FLOP/byte, GPU ~10-300
+    args = {"softmax": (x,), "gelu": (x,), "bias_gelu": (x, w), "layernorm": (x, w, w)}
+    for name in roofline.MEMORY_BOUND:
+        assert roofline.intensity(name, *args[name]) < 2.0, name  # CPU ridges are ~5-20 FLOP/byte, GPU ~10-300
     big = np.ones((1024, 1024), np.float32)
     assert roofline.intensity("matmul", big, big) > 100  # n/6 FLOP per byte for square fp32

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-MEMORY_BOUND = ("softmax", "layernorm", "gelu", "bias_gelu")
+from common.kernels.ops import OPS
 
-# Nominal FLOPs per element of the memory-bound ops, counting exp, erf and a division as one each:
-# enough to place them on a roofline (at about 1 FLOP per byte, far left of the ridge), not a census.
-FLOPS_PER_ELEMENT = {"softmax": 5, "layernorm": 8, "gelu": 8, "bias_gelu": 9}
+# The ops that do a fixed few FLOPs per element: one read and one write of x bound them at every size.
+MEMORY_BOUND = tuple(name for name, op in OPS.items() if op.flops_per_element is not None)
 
 
 def _nbytes(x: Any) -> int:
@@ -26,7 +25,7 @@ def _nbytes(x: Any) -> int:
 
 def min_bytes(op: str, *arrays: Any) -> int:
     """Bytes read (every input once) plus bytes written (the output once)."""
-    if op in ("softmax", "layernorm", "gelu", "bias_gelu"):
+    if op in MEMORY_BOUND:
         return sum(_nbytes(a) for a in arrays) + _nbytes(arrays[0])
     if op == "matmul":
         a, b = arrays
@@ -40,8 +39,9 @@ def min_bytes(op: str, *arrays: Any) -> int:
 
 def flops(op: str, *arrays: Any, causal: bool = False) -> float:
     """Multiply-adds count as two FLOPs; a causal mask halves attention's work."""
-    if op in FLOPS_PER_ELEMENT:
-        return float(FLOPS_PER_ELEMENT[op] * np.prod(tuple(arrays[0].shape)))
+    per_element = OPS[op].flops_per_element if op in OPS else None
+    if per_element is not None:
+        return float(per_element * np.prod(tuple(arrays[0].shape)))
     if op == "matmul":
         a, b = arrays
         return 2.0 * a.shape[0] * a.shape[1] * b.shape[1]

@@ -1,15 +1,16 @@
-"""The same ops written the way NumPy and PyTorch code usually is: one library call per step.
+"""The same ops written the way NumPy code usually is: one library call per step.
 
 Each step reads its input from memory and writes a temporary back, so an op of
 k steps moves about k times the bytes a fused kernel moves. These are the
 baselines the fused kernels are measured against (benchmarks/kernels.py and
 modules/02_kernels/03_memory_bound.ipynb); they compute in the input's dtype.
+PyTorch's eager baseline is the `torch` backend itself: its bias_gelu is an add,
+then a GELU, two kernels with a temporary the size of x between them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from scipy.special import erf
@@ -39,13 +40,6 @@ def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
 
 def bias_gelu(x: np.ndarray, bias: np.ndarray, approximate: str = "none") -> np.ndarray:
     return gelu(x + bias, approximate)
-
-
-def torch_bias_gelu(x: Any, bias: Any, approximate: str = "none") -> Any:
-    """PyTorch eager: two kernels (add, then GELU) and a temporary the size of x between them."""
-    import torch.nn.functional as F
-
-    return F.gelu(x + bias, approximate=approximate)
 
 
 UNFUSED = {"softmax": softmax, "layernorm": layernorm, "gelu": gelu, "bias_gelu": bias_gelu}
