@@ -32,7 +32,7 @@ from litserve.specs import OpenAIEmbeddingSpec
 
 from common.device import set_thread_count
 from common.engine.embedding import EmbeddingCodec, sentence_encoder
-from common.serving.server import free_port, wait_ready
+from common.serving.server import ServerProcess, free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,9 +104,10 @@ def serve(port: int, threads: int, max_batch_size: int, batch_timeout: float, ba
 @contextlib.contextmanager
 def litserve_process(
     *, threads: int, max_batch_size: int = 32, batch_timeout: float = 0.005, batch_log: Path | None = None
-) -> Iterator[str]:
-    """`with litserve_process(threads=2) as url:` runs this module on a free loopback port, waits until
-    the worker is ready, yields the URL, and stops the server and every process it started."""
+) -> Iterator[ServerProcess]:
+    """`with litserve_process(threads=2) as server:` runs this module on a free loopback port, waits until
+    the worker is ready, yields its URL and pid (as `server_process` does), and stops the server and every
+    process it started."""
     port = free_port()
     args = [sys.executable, "-m", "benchmarks.litserve_app", "--port", str(port), "--threads", str(threads)]
     args += ["--max-batch-size", str(max_batch_size), "--batch-timeout", str(batch_timeout)]
@@ -117,7 +118,7 @@ def litserve_process(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout_s=180, proc=proc)
-        yield url
+        yield ServerProcess(url, proc.pid)
     finally:
         _stop_tree(proc)
 

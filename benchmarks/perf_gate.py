@@ -38,10 +38,10 @@ def measure(duration: float, rounds: int, concurrency: int, threads: int) -> lis
         server_process(threads=threads, max_batch_size=1) as unbatched,
         server_process(threads=threads, max_batch_size=MAX_BATCH, max_queue_delay_ms=DELAY_MS) as batched,
     ):
-        for url in (unbatched, batched):  # warm-up: first requests pay for lazy allocations
-            asyncio.run(run_closed_loop(url, concurrency, 1.0, words=WORDS, seed=100))
+        for server in (unbatched, batched):  # warm-up: first requests pay for lazy allocations
+            asyncio.run(run_closed_loop(server.url, concurrency, 1.0, words=WORDS, seed=100))
         for i in range(rounds):
-            order = [("unbatched", unbatched), ("batched", batched)]
+            order = [("unbatched", unbatched.url), ("batched", batched.url)]
             row: dict[str, Any] = {"round": i}
             for name, url in order if i % 2 == 0 else order[::-1]:
                 report = asyncio.run(run_closed_loop(url, concurrency, duration, words=WORDS, seed=i))

@@ -53,13 +53,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from common import bench
 from common.device import set_thread_count
 from common.engine import build_engine
 from common.engine.embedding import MINILM_NAME, EmbeddingCodec, sentence_encoder
 from common.serving.loadgen import LoadReport, make_texts, run_closed_loop, run_open_loop
+from common.serving.metrics import MetricSamples, scrape_metrics
 from common.serving.server import server_process
 
 MAX_BATCH = 32
@@ -137,35 +137,29 @@ def _percentiles(ms: list[float]) -> dict[str, float | None]:
 # --- what the server and the machine did meanwhile ----------------------------------------------------
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Our server's /metrics as {name{labels}: value}; empty for a server without it (LitServe)."""
-    response = httpx.get(f"{url}/metrics", timeout=5.0, trust_env=False)
-    if response.status_code != 200:
-        return {}
-    values = {}
-    for family in text_string_to_metric_families(response.text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            values[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return values
+def scrape(url: str) -> MetricSamples:
+    """Our server's /metrics; empty for a server without it (LitServe)."""
+    try:
+        return scrape_metrics(url)
+    except httpx.HTTPStatusError:
+        return MetricSamples()
 
 
-def server_stats(d: dict[str, float]) -> dict[str, float | None]:
+def server_stats(d: MetricSamples) -> dict[str, float | None]:
     """Means over a phase from the increase `d` of our counters and histograms."""
 
-    def mean(name: str, scale: float = 1.0, labels: str = "") -> float | None:
-        count = d.get(f"{name}_count{labels}", 0)
-        return d.get(f"{name}_sum{labels}", 0) / count * scale if count else None
+    def ms(mean: float | None) -> float | None:
+        return None if mean is None else mean * 1e3
 
     return {
-        "mean_batch_size": mean("hpai_batch_size"),
+        "mean_batch_size": d.mean("hpai_batch_size"),
         "batches": d.get("hpai_batch_size_count"),
-        "server_mean_ms": mean("hpai_request_duration_seconds", 1e3, "{endpoint=/v1/embeddings}"),
-        "queue_mean_ms": mean("hpai_queue_duration_seconds", 1e3),
-        "compute_mean_ms": mean("hpai_compute_duration_seconds", 1e3),
-        "padded_tokens_per_batch": mean("hpai_batch_padded_tokens"),
-        "loop_lag_mean_ms": mean("hpai_event_loop_lag_seconds", 1e3),
-        "rejected": sum(v for k, v in d.items() if k.startswith("hpai_rejected_requests_total")),
+        "server_mean_ms": ms(d.mean("hpai_request_duration_seconds", endpoint="/v1/embeddings")),
+        "queue_mean_ms": ms(d.mean("hpai_queue_duration_seconds")),
+        "compute_mean_ms": ms(d.mean("hpai_compute_duration_seconds")),
+        "padded_tokens_per_batch": d.mean("hpai_batch_padded_tokens"),
+        "loop_lag_mean_ms": ms(d.mean("hpai_event_loop_lag_seconds")),
+        "rejected": d.total("hpai_rejected_requests_total"),
     }
 
 
@@ -182,7 +176,7 @@ class Phase:
     """What one server did under one kind of load, summed over rounds."""
 
     reports: list[LoadReport] = field(default_factory=list)
-    metrics: Counter[str] = field(default_factory=Counter)  # increase of /metrics counters
+    metrics: MetricSamples = field(default_factory=MetricSamples)  # increase of /metrics counters
     batches: list[dict[str, float]] = field(default_factory=list)  # LitServe's worker log: size, ms
     cpu: np.ndarray = field(default_factory=lambda: np.zeros(4))  # wall, server, client, machine seconds
 
@@ -244,20 +238,16 @@ class Server:
             self.pause()
         p = self.phases[phase]
         p.reports.append(report)
-        p.metrics.update({k: v - before.get(k, 0.0) for k, v in after.items()})
+        p.metrics += after - before
         p.batches += batches[n0:]
         p.cpu += np.subtract(cpu1, cpu0)
         return report
 
 
-def _processes_of(url: str) -> list[psutil.Process]:
-    """The child of this process listening on `url`'s port, and every process it started."""
-    port = url.rsplit(":", 1)[1]
-    for child in psutil.Process().children():
-        cmd = child.cmdline()
-        if "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
-            return [child, *child.children(recursive=True)]
-    raise RuntimeError(f"no child process serves {url}")
+def _processes_of(pid: int) -> list[psutil.Process]:
+    """The server's process and every process it started."""
+    server = psutil.Process(pid)
+    return [server, *server.children(recursive=True)]
 
 
 def _check_threads(processes: list[psutil.Process], threads: int) -> None:
@@ -298,8 +288,8 @@ def serve(name: str, threads: int, workdir: Path) -> Iterator[Server]:
         raise ValueError(f"unknown server {name!r}: expected one of {(*SERVERS, BUDGET_SERVER)}")
     started = time.perf_counter()
     try:
-        with manager as url:
-            server = Server(name, url, _processes_of(url), time.perf_counter() - started, batch_log)
+        with manager as process:
+            server = Server(name, process.url, _processes_of(process.pid), time.perf_counter() - started, batch_log)
             _check_threads(server.processes, threads)
             if batch_log is not None and _read_batch_log(batch_log)[0] != threads:
                 raise RuntimeError(f"{name}: worker runs {_read_batch_log(batch_log)[0]} torch threads, not {threads}")
