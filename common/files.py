@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeAlias, runtime_checkable
+from typing import Any, BinaryIO, Protocol, TypeAlias, cast
 
 
 def fsync_directory(folder: str | os.PathLike[str]) -> None:
@@ -67,7 +67,6 @@ def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
         out.write(data)
 
 
-@runtime_checkable
 class SupportsReadinto(Protocol):
     """A binary stream that reads into a caller's buffer (files opened "rb", sockets, io.BytesIO)."""
 
@@ -99,7 +98,10 @@ def read_fully_into(src: Source, view: memoryview) -> int:
     One `readinto` may return less than asked (pipes, sockets, raw files, a reader of blocks), so
     a parser that needs n bytes loops. A source without `readinto` is read with `read`.
     """
-    fill = src.readinto if isinstance(src, SupportsReadinto) else _reader_into(src)
+    # getattr, not isinstance(src, SupportsReadinto): a protocol check costs ~10 us on Python 3.11, which
+    # halved the envelope's throughput with 16 KiB chunks
+    readinto = getattr(src, "readinto", None)
+    fill = readinto if readinto is not None else _reader_into(cast(SupportsRead, src))
     total = 0
     while total < len(view):
         n = fill(view[total:])
