@@ -1,6 +1,13 @@
+import os
+import platform
+import re
+from pathlib import Path
+
+import numba
 import numpy as np
 import pytest
 import torch
+from numba import cuda  # tests/conftest.py has chosen the simulator or the GPU by now
 
 from common import device
 
@@ -9,8 +16,12 @@ def test_describe_names_the_machine():
     info = device.describe()
     for key in ("cpu", "cores (logical)", "memory (GiB)", "device", "gpu", "torch", "compute dtype"):
         assert key in info, key
-    assert info["cores (logical)"] >= 1
-    assert info["memory (GiB)"] > 0
+    assert info["cores (logical)"] == os.cpu_count()
+    assert info["torch"] == torch.__version__ and info["device"] == str(device.get_device())
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():  # Linux: the kernel's own count, in KiB
+        total_kib = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo.read_text()).group(1))
+        assert info["memory (GiB)"] == pytest.approx(total_kib / 2**20, abs=0.1)
 
 
 def test_auto_matches_what_torch_sees():
@@ -38,9 +49,15 @@ def test_asking_for_cuda_without_a_gpu_is_an_error_not_a_fallback():
         device.get_device("cuda")
 
 
-def test_checks_never_raise():
+def test_checks_never_raise(monkeypatch):
     assert isinstance(device.cuda_available(), bool)
     assert isinstance(device.cupy_available(), bool)
+
+    def broken_driver() -> bool:
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(torch.cuda, "is_available", broken_driver)
+    assert device.cuda_available() is False, "a broken driver reads as no GPU"
 
 
 def test_array_module_is_numpy_on_cpu():
@@ -54,13 +71,39 @@ def test_cpu_dtype_policy_is_fp32_and_says_why():
     assert ("has bf16 instructions" in policy.reason) == has_bf16, policy.reason
 
 
-def test_cpu_flags_are_read_and_low_precision_follows_them():
+# Flags every CPU of an architecture has: x86-64 made SSE2 part of the base instruction set, AArch64 Advanced SIMD.
+BASELINE_FLAGS = {"x86_64": {"sse", "sse2"}, "AMD64": {"sse", "sse2"}, "aarch64": {"asimd"}, "arm64": {"asimd"}}
+
+
+def test_cpu_flags_are_read_from_this_cpu():
+    machine = platform.machine()
+    if machine not in BASELINE_FLAGS:
+        pytest.skip(f"no baseline flags known for a {machine} CPU")
     flags = device.cpu_flags()
-    assert "sse2" in flags or "asimd" in flags or not flags, "x86 and Arm CPUs report a basic SIMD flag"
-    native = device.native_low_precision()
-    assert set(native) == {"bfloat16", "float16"}
-    for dtype, has in native.items():
-        assert has == bool(flags & device.LOW_PRECISION_FLAGS[dtype])
+    assert BASELINE_FLAGS[machine] <= flags, f"a {machine} CPU has {BASELINE_FLAGS[machine]}; read {sorted(flags)}"
+    cpuinfo = Path("/proc/cpuinfo")
+    if machine == "x86_64" and cpuinfo.exists():  # Linux: the kernel's own list of this CPU's flags
+        listed = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.M).group(1).split())
+        for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"):
+            assert (flag in flags) == (flag in listed), flag
+
+
+@pytest.mark.parametrize(
+    ("flags", "bfloat16", "float16"),
+    [
+        (set(), False, False),
+        ({"sse2", "avx2", "fma"}, False, False),  # AVX2 only: bf16 and fp16 are emulated
+        ({"avx512f", "avx512_bf16"}, True, False),  # Cooper Lake, Zen 4
+        ({"avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"}, True, True),  # Sapphire Rapids
+        ({"asimd", "asimdhp"}, False, True),  # Armv8.2 half precision
+        ({"asimd", "asimdhp", "bf16"}, True, True),  # Armv8.6, e.g. Graviton 3
+    ],
+)
+def test_native_low_precision_follows_the_flags(monkeypatch, flags, bfloat16, float16):
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+    assert device.native_low_precision() == {"bfloat16": bfloat16, "float16": float16}
+    reason = device.dtype_policy(device.get_device("cpu")).reason
+    assert ("has bf16 instructions" in reason) == bfloat16, reason
 
 
 def test_thread_count_round_trips_and_rejects_nonsense():
@@ -82,9 +125,19 @@ def test_cuda_device_runs_a_kernel():
     assert float(x.sum()) == 1024
 
 
-def test_numba_runs_cuda_kernels_on_its_simulator_without_a_gpu():
-    import os
+@cuda.jit
+def _block_and_thread(out):
+    """out[i] = block * 100 + thread, one element per thread (`cuda` must be a global: the simulator swaps it)."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = cuda.blockIdx.x * 100 + cuda.threadIdx.x
 
+
+def test_numba_runs_cuda_kernels_on_its_simulator_without_a_gpu():
     if device.cuda_available():
         pytest.skip("this machine has a GPU: Numba uses it, not the simulator")
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "tests/conftest.py must set it before Numba is imported"
+    assert numba.config.ENABLE_CUDASIM, "Numba was imported before NUMBA_ENABLE_CUDASIM was set"
+    out = cuda.device_array(10, np.int32)
+    _block_and_thread[3, 4](out)  # 12 threads for 10 elements: the last block's two spare threads write nothing
+    np.testing.assert_array_equal(out.copy_to_host(), [0, 1, 2, 3, 100, 101, 102, 103, 200, 201])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from common.bench import measure_memory
 from common.kernels import reference
 from common.kernels.backends import numba_attention as na
-from common.kernels.ops import tolerance
+from tests.kernels.tolerances import tolerance
 
 
 def qkv(rng, lead, seq_q, seq_k, d, dv, dtype, magnitude=1.0):

@@ -16,8 +16,8 @@ import pytest
 from common.kernels import reference
 from common.kernels.analysis import cuda_build
 from common.kernels.backends import cuda_c, cupy_ops, numba_cuda
-from common.kernels.ops import tolerance
 from common.kernels.registry import status
+from tests.kernels.tolerances import tolerance
 
 HAS_NVCC = cuda_build.nvcc_available()
 needs_nvcc = pytest.mark.skipif(not HAS_NVCC, reason="needs nvcc (CUDA toolkit)")

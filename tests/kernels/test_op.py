@@ -25,8 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common.kernels import BACKENDS, OPS, op, reference, tolerance
+from common.kernels import BACKENDS, OPS, op, reference
+from common.kernels import tolerance as library_tolerance
+from common.kernels.ops import TOLERANCES
 from common.kernels.registry import is_slow_emulation, status
+from tests.kernels.tolerances import PINNED, tolerance
 
 CASES = [(name, backend) for name, kernel in OPS.items() for backend in kernel.backends()]
 FAST_EXAMPLES = 25
@@ -185,6 +188,15 @@ def test_matches_reference(name: str, backend: str) -> None:
             np.testing.assert_array_equal(a, b, err_msg=f"{backend} {name} wrote into its input")
 
     check()
+
+
+def test_the_library_tolerances_are_the_pinned_ones() -> None:
+    """Loosening a tolerance in common.kernels.ops fails here: the tests in this folder use the pinned ones."""
+    assert set(TOLERANCES) == set(PINNED), "every dtype the library has a tolerance for is pinned in the tests"
+    for dtype in PINNED:
+        for reduction in (1, 37, 64, 65, 4096, 300 * 64):
+            got, pinned = library_tolerance(dtype, reduction), tolerance(dtype, reduction)
+            assert got == pytest.approx(pinned, rel=1e-12), f"{dtype}, {reduction} terms: {got} != pinned {pinned}"
 
 
 def test_every_runnable_backend_is_tested() -> None:

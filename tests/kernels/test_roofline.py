@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.kernels import reference, tolerance
+from common.kernels import reference
 from common.kernels.analysis import roofline
 from common.kernels.demos import unfused
+from tests.kernels.tolerances import tolerance
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from common.device import cuda_available
 from common.kernels import reference
-from common.kernels.ops import tolerance
 from common.kernels.registry import status
+from tests.kernels.tolerances import tolerance
 
 if status("triton") is not None:
     pytest.skip(f"the triton backend {status('triton')}", allow_module_level=True)
