@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -266,9 +267,22 @@ def test_wrappers_are_runtimes_and_stack():
     cached.run(MODEL.example_inputs(batch=2, seed=2))  # evicts x (least recently used)
     cached.run(x)
     assert (cached.hits, cached.misses) == (1, 4)
-    assert timed.timing().median > 0
+    assert len(timed.timing().seconds) == timed.calls == cached.misses, "one sample per call that got past the cache"
     cached.close()
     assert timed.inner.closed == 1
+
+
+def test_timed_runtime_records_the_wall_time_of_each_call():
+    class Sleepy(StubRuntime):
+        def run(self, inputs):
+            time.sleep(0.02)
+            return super().run(inputs)
+
+    timed = TimedRuntime(Sleepy(), keep=2)
+    for seed in range(3):
+        timed.run(MODEL.example_inputs(batch=1, seed=seed))
+    assert len(timed.timing().seconds) == 2, "only the last `keep` calls"
+    assert min(timed.timing().seconds) >= 0.02, "a sample covers the call it times (time.sleep waits at least that)"
 
 
 def test_cache_key_distinguishes_shape_and_dtype():

@@ -142,13 +142,18 @@ def test_the_openapi_schema_documents_each_answer(client):
 
 
 def test_metrics_are_exported_with_their_documented_names(client):
+    before = parse_metrics(client.get("/metrics").text)
     client.post(URL, json={"input": "count me"})
+    client.post(URL, json={"input": []})
     text = client.get("/metrics").text
     for name, (kind, _, _) in METRICS.items():
         assert f"# TYPE {name} {kind}" in text, name
-    samples = parse_metrics(text)
-    assert samples.get("hpai_requests_total", endpoint=URL, status="200") >= 1
-    assert samples.get("hpai_model_ready") == 1
+    grew = parse_metrics(text) - before
+    assert grew.get("hpai_requests_total", endpoint=URL, status="200") == 1
+    assert grew.get("hpai_requests_total", endpoint=URL, status="422") == 1
+    assert grew.get("hpai_rejected_requests_total", reason="invalid") == 1
+    assert grew.get("hpai_request_duration_seconds_count", endpoint=URL) == 2
+    assert parse_metrics(text).get("hpai_model_ready") == 1
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read():

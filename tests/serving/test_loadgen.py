@@ -219,7 +219,7 @@ def test_open_loop_honours_the_rate(stub):
     first_half = np.sum(arrivals < (arrivals[0] + arrivals[-1]) / 2)
     assert 0.35 < first_half / len(arrivals) < 0.65
     assert report.elapsed_s < 2.0 + 2.0
-    assert 50 < report.goodput_rps <= 105
+    assert report.goodput_rps == pytest.approx(report.counts["200"] / report.elapsed_s)
     assert report.p50_ms is not None and report.p50_ms <= report.p95_ms <= report.p99_ms <= report.max_ms
 
 
@@ -249,7 +249,8 @@ def test_a_200_without_the_embeddings_is_not_goodput(stub):
     stub.empty_data = True
     report = run_load(stub.url, 0.25, rate=20)
     assert report.counts == {"bad_body": 5}
-    assert report.goodput_rps == 0 and report.throughput_rps > 0  # answered, but not usefully
+    assert report.goodput_rps == 0  # answered, but not usefully
+    assert report.throughput_rps == pytest.approx(5 / report.elapsed_s)
 
 
 def test_progress_bar_counts_answers(stub, capsys):
@@ -276,8 +277,9 @@ def test_in_flight_cap_counts_what_it_does_not_send(stub):
     report = run_load(stub.url, 0.5, rate=40, max_in_flight=3)
     assert_every_request_counted(report)
     assert stub.max_in_flight <= 3
-    assert report.counts["client_overload"] > 0
-    assert report.counts["200"] == stub.seen
+    # what the cap did not send is counted as the client's own overload, and nothing else is lost
+    assert stub.seen < report.requests
+    assert report.counts == {"200": stub.seen, "client_overload": report.requests - stub.seen}
 
 
 def test_drain_timeout_cancels_and_counts_stragglers(stub):
@@ -361,7 +363,8 @@ def test_closed_loop_never_exceeds_its_concurrency(stub):
 
 def test_closed_loop_counts_failures(closed_port):
     report = run_load(f"http://127.0.0.1:{closed_port}", 0.2, concurrency=2)
-    assert report.requests > 0 and report.counts == {"connection_error": report.requests}
+    assert report.counts == {"connection_error": report.requests}
+    assert report.requests > 2, "each of the 2 workers carries on after its first failure"
 
 
 # --- report and command line ---------------------------------------------------------------------------
