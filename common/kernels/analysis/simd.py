@@ -99,8 +99,3 @@ def parallel_loops(fn: Any, signature: Any = None) -> int:
     """How many loops Numba turned into parallel ones (parfors) in `fn`: 0 means it all runs on one thread."""
     fresh, signature = _compiled(fn, signature)
     return len(fresh.get_metadata(signature).get("parfors") or {})
-
-
-def hot_loop_is_simd(fn: Any, signature: Any = None) -> bool:
-    """True when the compiled `fn` has packed floating-point arithmetic (its loop ran on SIMD lanes)."""
-    return bool(packed_simd_instructions(assembly(fn, signature)))

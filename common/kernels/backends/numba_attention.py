@@ -247,7 +247,7 @@ def attention(
     return out.reshape(*q.shape[:-1], dv)
 
 
-def online_softmax_trace(x: np.ndarray, block: int) -> tuple[list[dict[str, float]], np.ndarray]:
+def online_softmax_trace(x: np.ndarray, block: int) -> tuple[list[dict[str, float | str]], np.ndarray]:
     """The online softmax of one row, `block` scores at a time, step by step.
 
     Returns one record per block (its max, the running max m, the correction
@@ -259,7 +259,7 @@ def online_softmax_trace(x: np.ndarray, block: int) -> tuple[list[dict[str, floa
     if x.ndim != 1 or x.size == 0 or block < 1:
         raise ValueError(f"need a non-empty 1-D row and block >= 1, got shape {x.shape} and block {block}")
     m, l = -math.inf, 0.0  # noqa: E741
-    steps = []
+    steps: list[dict[str, float | str]] = []
     for start in range(0, x.size, block):
         tile = x[start : start + block].copy()
         m, l, correction = online_softmax_update(tile, tile.size, m, l)  # noqa: E741

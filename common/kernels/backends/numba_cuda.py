@@ -1,3 +1,7 @@
+# mypy: no-check-untyped-defs
+# The kernels are unannotated CUDA Python that Numba compiles: numba types its device API (cuda.grid,
+# cuda.threadIdx.x, cuda.shared.array) as its compiler's hooks, not as the ints and arrays a kernel sees, so
+# mypy checks the annotated host functions only.
 """Numba CUDA kernels: the CUDA programming model written in Python.
 
 Each kernel is one `@cuda.jit` function launched as `kernel[blocks, threads](...)`.
@@ -478,7 +482,7 @@ def attention(
     if algorithm not in ATTENTION_ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ATTENTION_ALGORITHMS}, got {algorithm!r}")
     head_dim = q.shape[-1]
-    scale = np.float32(1.0 / math.sqrt(head_dim) if scale is None else scale)
+    scale32 = np.float32(1.0 / math.sqrt(head_dim) if scale is None else scale)
     q3, k3, v3 = (_float32(t).reshape(-1, t.shape[-2], t.shape[-1]) for t in (q, k, v))
     bh, seq_q, _ = q3.shape
     out = cuda.device_array((bh, seq_q, v3.shape[2]), np.float32)
@@ -489,11 +493,11 @@ def attention(
                 f"numba-cuda flash attention takes head_dim <= {FLASH_MAX_HEAD_DIM} (its shared K and V tiles "
                 f"are that wide), got q {head_dim} and v {v3.shape[2]}; use algorithm='naive'"
             )
-        flash_attention_forward[(bh, math.ceil(seq_q / FLASH_BLOCK)), FLASH_BLOCK](dq, dk, dv, out, scale, causal)
+        flash_attention_forward[(bh, math.ceil(seq_q / FLASH_BLOCK)), FLASH_BLOCK](dq, dk, dv, out, scale32, causal)
     else:
         scores = cuda.device_array((bh, seq_q, k3.shape[1]), np.float32)
         threads = min(ELEMENTWISE_THREADS, max(32, bh * seq_q))
-        attention_naive[math.ceil(bh * seq_q / threads), threads](dq, dk, dv, scores, out, scale, causal)
+        attention_naive[math.ceil(bh * seq_q / threads), threads](dq, dk, dv, scores, out, scale32, causal)
     return out.copy_to_host().reshape(*q.shape[:-1], v.shape[-1])
 
 

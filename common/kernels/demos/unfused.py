@@ -11,6 +11,7 @@ then a GELU, two kernels with a temporary the size of x between them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import erf
@@ -42,4 +43,9 @@ def bias_gelu(x: np.ndarray, bias: np.ndarray, approximate: str = "none") -> np.
     return gelu(x + bias, approximate)
 
 
-UNFUSED = {"softmax": softmax, "layernorm": layernorm, "gelu": gelu, "bias_gelu": bias_gelu}
+UNFUSED: dict[str, Callable[..., np.ndarray]] = {
+    "softmax": softmax,
+    "layernorm": layernorm,
+    "gelu": gelu,
+    "bias_gelu": bias_gelu,
+}
