@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,12 @@ def run(out: Path, quick: bool = False) -> list[dict[str, Any]]:
             ids = torch.randint(0, ours.config.vocab_size, (batch, PROMPT), generator=torch.Generator().manual_seed(1))
             prompts = ids.tolist()
             engines: dict[str, Callable[[], Any]] = {
-                "transformers generate": lambda ids=ids: theirs.generate(
-                    ids, max_new_tokens=new, min_new_tokens=new, do_sample=False
+                "transformers generate": partial(
+                    theirs.generate, ids, max_new_tokens=new, min_new_tokens=new, do_sample=False
                 ),
-                "ours, eager": lambda p=prompts: generate(ours, p, max_new_tokens=new),
-                "ours, compiled decode": lambda p=prompts: generate(ours, p, max_new_tokens=new, compile=True),
-                "ours, int8 weights": lambda p=prompts: generate(int8, p, max_new_tokens=new),
+                "ours, eager": partial(generate, ours, prompts, max_new_tokens=new),
+                "ours, compiled decode": partial(generate, ours, prompts, max_new_tokens=new, compile=True),
+                "ours, int8 weights": partial(generate, int8, prompts, max_new_tokens=new),
             }
             if quick:  # compiling twice would be most of a smoke run; the unit tests compile
                 del engines["ours, compiled decode"]

@@ -28,7 +28,11 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 GENERATION_CONFIG = "generation_config.json"
 WeightDtype = Literal["float32", "float16", "bfloat16"]  # how a saved folder stores its weights
-DTYPES: dict[WeightDtype, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES: dict[WeightDtype, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 class CheckpointError(ValueError):

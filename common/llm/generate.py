@@ -16,12 +16,19 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from common.llm.cache import StaticCache
 from common.llm.model import Decoder
 from common.llm.paged import PagedKVCache
+from common.llm.tokenizer import Detokenizer
+
+# Why a row stopped: at a stop token (kept in its tokens), at a stop string (its text cut before it), or
+# after max_new_tokens. OpenAI's API names the first two "stop" and the last "length".
+FinishReason = Literal["stop_token", "stop_string", "max_tokens"]
+FINISH_REASONS: tuple[FinishReason, ...] = ("stop_token", "stop_string", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,10 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     return torch.multinomial(distribution(logits, sampling), 1, generator=generator).squeeze(-1)
 
 
-def compile_mode(device: torch.device) -> str:
+CompileMode = Literal["default", "reduce-overhead"]  # the two torch.compile modes a decode step uses
+
+
+def compile_mode(device: torch.device) -> CompileMode:
     """torch.compile's mode for a decode step: on a GPU, "reduce-overhead" replays the step as a CUDA
     graph (one launch instead of hundreds of small kernels; the static cache's fixed addresses allow it);
     on a CPU there is no launch overhead to remove, so the default."""
@@ -127,7 +137,7 @@ class Generation:
     """One prompt's continuation: its new tokens, their text if a tokenizer was given, and why it stopped."""
 
     tokens: list[int]
-    finish_reason: str  # "stop_token", "stop_string" or "max_tokens"
+    finish_reason: FinishReason
     text: str | None = None
 
 
@@ -162,7 +172,7 @@ def generate(
     sampling: Sampling = Sampling(),
     stop_token_ids: Sequence[int] = (),
     stop_strings: Sequence[str] = (),
-    tokenizer: object | None = None,
+    tokenizer: Detokenizer | None = None,
     pad_id: int = 0,
     compile: bool = False,
 ) -> list[Generation]:
@@ -198,7 +208,7 @@ def generate(
     if compile:
         cache.static()
     out: list[list[int]] = [[] for _ in range(b)]
-    reasons: list[str | None] = [None] * b
+    reasons: list[FinishReason | None] = [None] * b
     texts: list[str | None] = [None] * b
     stops = set(map(int, stop_token_ids))
     for step in range(max_new_tokens):
@@ -209,8 +219,8 @@ def generate(
             out[i].append(t)
             if t in stops:
                 reasons[i] = "stop_token"
-            elif stop_strings:
-                text = tokenizer.decode(out[i])  # type: ignore[attr-defined]
+            elif stop_strings and tokenizer is not None:  # checked above: stop strings come with a tokenizer
+                text = tokenizer.decode(out[i])
                 cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
                 if cut >= 0:
                     reasons[i], texts[i] = "stop_string", text[:cut]
@@ -220,13 +230,9 @@ def generate(
         logits = step_fn(token[:, None], position, cache)
         if cache.slot is not None:
             cache.advance(1)
-    results = []
-    for i in range(b):
-        text = texts[i]
-        if text is None and tokenizer is not None:
-            text = tokenizer.decode(out[i])  # type: ignore[attr-defined]
-        results.append(Generation(out[i], reasons[i] or "max_tokens", text))
-    return results
+    if tokenizer is not None:  # rows cut at a stop string already have their text
+        texts = [tokenizer.decode(o) if t is None else t for o, t in zip(out, texts, strict=True)]
+    return [Generation(o, r or "max_tokens", t) for o, r, t in zip(out, reasons, texts, strict=True)]
 
 
 @torch.inference_mode()
@@ -259,7 +265,7 @@ def generate_paged(
             view = cache.batch([seq], [known])
             logits.append(model(new, view.positions(new.shape[1]), view)[:, -1])
         out: list[list[int]] = [[] for _ in rows]
-        reasons: list[str | None] = [None] * len(rows)
+        reasons: list[FinishReason | None] = [None] * len(rows)
         active, last = list(range(len(rows))), torch.cat(logits)
         for step in range(max_new_tokens):
             tokens = choose(last, sampling, generator).tolist()

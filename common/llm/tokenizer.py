@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -24,6 +25,30 @@ SPECIAL_TOKENS = (EOS,)
 BYTES = 256  # the byte-level base alphabet: every byte value has a token
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+class Encoded(Protocol):
+    """One encoded text: what `common.llm` reads of a `tokenizers.Encoding` is its ids."""
+
+    @property
+    def ids(self) -> list[int]: ...
+
+
+class Detokenizer(Protocol):
+    """What generation needs of a tokenizer: ids back to text (for the returned text and stop strings)."""
+
+    def decode(self, ids: Sequence[int], /) -> str: ...
+
+
+class TokenizerLike(Detokenizer, Protocol):
+    """What `common.llm` calls on a tokenizer, so a `tokenizers.Tokenizer` (what `load_tokenizer` returns)
+    and a test's stand-in both fit: text to ids, a batch of texts to ids, ids to text, a token's id."""
+
+    def encode(self, sequence: str, /) -> Encoded: ...
+
+    def encode_batch(self, input: Sequence[str], /, *, add_special_tokens: bool = ...) -> Sequence[Encoded]: ...
+
+    def token_to_id(self, token: str, /) -> int | None: ...
 
 
 def train_tokenizer(
@@ -101,7 +126,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def eos_id(tokenizer: Tokenizer) -> int:
+def eos_id(tokenizer: TokenizerLike) -> int:
     """The id of `<|endoftext|>`; an error if the tokenizer was not made by `train_tokenizer`."""
     token_id = tokenizer.token_to_id(EOS)
     if token_id is None:
