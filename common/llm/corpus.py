@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tokenizers
+import safetensors.torch
 import torch
 
-from common.llm.tokenizer import eos_id
+from common.llm.tokenizer import TokenizerLike, eos_id
 
 # Not code a learner would write, or not the standard library: the test suites (half the stdlib), IDLE,
 # installed packages, generated codec tables (encodings/cp*.py are 256-entry string literals) and the
@@ -113,7 +113,7 @@ def stdlib_corpus(
     )
 
 
-def token_stream(tokenizer: tokenizers.Tokenizer, texts: Sequence[str]) -> torch.Tensor:
+def token_stream(tokenizer: TokenizerLike, texts: Sequence[str]) -> torch.Tensor:
     """All texts as one 1-D id tensor, each document preceded by `<|endoftext|>`, so the model learns
     where a file starts and a prompt can begin with that token (as GPT-2 separates documents)."""
     eos = torch.tensor([eos_id(tokenizer)])
@@ -122,3 +122,28 @@ def token_stream(tokenizer: tokenizers.Tokenizer, texts: Sequence[str]) -> torch
         for encoding in tokenizer.encode_batch(list(texts[i : i + 64]), add_special_tokens=False):
             pieces += [eos, torch.tensor(encoding.ids, dtype=torch.int64)]
     return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.int64)
+
+
+TOKEN_IDS = "ids"  # the one tensor in a token-id file
+
+
+def save_token_ids(tokens: torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """Write a 1-D id stream as a safetensors file of uint16 (2 bytes a token: a vocabulary up to 65,536
+    fits), so a measurement can be repeated on exactly these ids wherever the texts they came from differ."""
+    if tokens.dim() != 1 or tokens.is_floating_point():
+        raise ValueError(f"token ids must be a 1-D integer tensor, got {tokens.dtype} of shape {tuple(tokens.shape)}")
+    if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < 2**16:
+        raise ValueError(
+            f"token ids must lie in [0, 65536) to be stored as uint16, got {int(tokens.min())}..{int(tokens.max())}"
+        )
+    path = Path(path)
+    safetensors.torch.save_file({TOKEN_IDS: tokens.to(torch.uint16).contiguous()}, str(path))
+    return path
+
+
+def load_token_ids(path: str | os.PathLike[str]) -> torch.Tensor:
+    """The 1-D int64 id stream `save_token_ids` wrote (int64: what embeddings and losses index with)."""
+    tensors = safetensors.torch.load_file(str(path))
+    if set(tensors) != {TOKEN_IDS} or tensors[TOKEN_IDS].dim() != 1:
+        raise ValueError(f"{path} is not a token-id file: expected one 1-D tensor named {TOKEN_IDS!r}")
+    return tensors[TOKEN_IDS].to(torch.int64)

@@ -8,8 +8,8 @@ teach a 4M-parameter model enough to write things that look like Python.
 The pipeline, one function a step: `stdlib_corpus` (common.llm.corpus), `train_tokenizer` (byte-level
 BPE, common.llm.tokenizer), `train` (here: AdamW, warmup then cosine, seeded and deterministic),
 `save_pretrained` (common.llm.checkpoint: a folder `load_pretrained` and `transformers` both read) and
-held-out perplexity (common.llm.evaluate, on the weights as saved). `build` runs them all and writes
-`training.json` with the figures; `python -m common.llm.train` is its command line, and `make model`
+held-out perplexity (common.llm.evaluate, on the weights as saved, and the held-out ids saved beside
+them). `build` runs them all and writes `training.json` with the figures; `python -m common.llm.train` is its command line, and `make model`
 rebuilds the model the repository ships (common/llm/default_model) with it.
 """
 
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.llm.checkpoint import DTYPES, load_pretrained, save_pretrained
-from common.llm.corpus import HELDOUT_EVERY, Corpus, stdlib_corpus, token_stream
-from common.llm.default import DEFAULT_MODEL_DIR, TRAINING_FILE
+from common.llm.checkpoint import DTYPES, WeightDtype, load_pretrained, save_pretrained
+from common.llm.corpus import HELDOUT_EVERY, Corpus, save_token_ids, stdlib_corpus, token_stream
+from common.llm.default import DEFAULT_MODEL_DIR, HELDOUT_FILE, TRAINING_FILE
 from common.llm.evaluate import total_nll
 from common.llm.model import Decoder, DecoderConfig
 from common.llm.tokenizer import train_tokenizer
@@ -71,7 +71,7 @@ class Recipe:
     num_kv_heads: int = 2
     intermediate_size: int = 768
     init_std: float = 0.05  # above GPT-2's 0.02: at this width and budget it learned faster (measured)
-    dtype: str = "float16"  # how the weights are stored; perplexity is measured on the stored weights
+    dtype: WeightDtype = "float16"  # how the weights are stored; perplexity is measured on the stored weights
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "context", "hidden_size", "num_layers", "num_heads", "num_kv_heads")
@@ -267,12 +267,13 @@ def _build_into(folder: Path, recipe: Recipe, corpus: Corpus | None, progress: b
     _log(progress, f"tokenizer: {tokenizer.get_vocab_size()} tokens; {train_tokens.numel():,} to train on")
     result = train(train_tokens, tokenizer.get_vocab_size(), recipe, progress=progress)
     save_pretrained(result.model, tokenizer, folder, recipe.dtype)
+    save_token_ids(heldout_tokens, folder / HELDOUT_FILE)  # the perplexity below can be rechecked on these ids
     began_eval = time.perf_counter()
     saved = load_pretrained(folder)  # measured as saved: the storage dtype's rounding included
     nll, predicted = total_nll(saved, heldout_tokens, recipe.context, 16)
     eval_seconds = time.perf_counter() - began_eval
     heldout_bytes = sum(len(t.encode()) for t in corpus.heldout_texts)
-    summary = {
+    summary: dict[str, Any] = {
         "recipe": asdict(recipe),
         "parameters": sum(p.numel() for p in saved.parameters()),
         "steps": recipe.steps,

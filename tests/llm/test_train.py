@@ -10,15 +10,23 @@ import shutil
 
 import pytest
 import safetensors
+import safetensors.torch
 import torch
 import transformers
 
 from common.llm import load_pretrained
-from common.llm.corpus import EXCLUDED_DIRS, python_files, stdlib_corpus
+from common.llm.corpus import (
+    EXCLUDED_DIRS,
+    load_token_ids,
+    python_files,
+    save_token_ids,
+    stdlib_corpus,
+    token_stream,
+)
 from common.llm.evaluate import perplexity
-from common.llm.model import DecoderConfig
+from common.llm.model import Decoder, DecoderConfig
 from common.llm.tokenizer import load_tokenizer
-from common.llm.train import Recipe, build, main
+from common.llm.train import Recipe, build, init_weights, main
 
 TINY = Recipe(
     steps=30,
@@ -80,6 +88,7 @@ def test_folder_loads_in_both_with_equal_logits(built):
         "tokenizer.json",
         "tokenizer_config.json",
         "generation_config.json",
+        "heldout_tokens.safetensors",
         "training.json",
     }
     ours = load_pretrained(folder)
@@ -111,10 +120,36 @@ def test_loss_fell_and_the_record_says_so(built, corpus):
     assert summary["loss"]["last"] < summary["loss"]["first"] - 1.0
     assert summary["loss"]["first"] == pytest.approx(math.log(summary["recipe"]["vocab_size"]), abs=0.5)
     assert len(summary["loss"]["curve"]) == 20 and summary["loss"]["curve"][-1][0] == TINY.steps
-    assert 1 < summary["heldout"]["perplexity"] < TINY.vocab_size
     assert summary["corpus"]["digest"] == corpus.digest
     assert re.fullmatch(r"3\.\d+\.\d+", summary["python_version"])
     assert summary["parameters"] == sum(p.numel() for p in load_pretrained(folder).parameters())
+
+
+def test_token_ids_round_trip_as_uint16_and_bad_ones_are_refused(tmp_path):
+    ids = torch.tensor([0, 1, 4095, 65535, 7])
+    path = save_token_ids(ids, tmp_path / "ids.safetensors")
+    assert path.stat().st_size < 200 + 2 * ids.numel()  # a small header, then 2 bytes an id
+    back = load_token_ids(path)
+    assert back.dtype == torch.int64 and torch.equal(back, ids)
+    with pytest.raises(ValueError, match=r"\[0, 65536\) to be stored as uint16, got 0\.\.65536"):
+        save_token_ids(torch.tensor([0, 65536]), tmp_path / "big.safetensors")
+    with pytest.raises(ValueError, match=r"1-D integer tensor, got torch\.float32"):
+        save_token_ids(torch.zeros(3), tmp_path / "float.safetensors")
+    safetensors.torch.save_file({"other": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a token-id file: expected one 1-D tensor named 'ids'"):
+        load_token_ids(tmp_path / "other.safetensors")
+
+
+def test_the_heldout_ids_are_saved_and_give_the_recorded_perplexity(built, corpus):
+    folder, summary = built
+    heldout = load_token_ids(folder / "heldout_tokens.safetensors")
+    assert torch.equal(heldout, token_stream(load_tokenizer(folder), corpus.heldout_texts))
+    assert heldout.numel() == summary["heldout"]["tokens"]
+    trained = perplexity(load_pretrained(folder), heldout, TINY.context)
+    assert trained == pytest.approx(summary["heldout"]["perplexity"], rel=1e-6)
+    untrained = Decoder(TINY.decoder_config(summary["recipe"]["vocab_size"])).eval()
+    init_weights(untrained, TINY.seed, TINY.init_std)
+    assert trained < perplexity(untrained, heldout, TINY.context) / 2, "30 steps halve the untrained perplexity"
 
 
 def test_perplexity_matches_a_plain_loop(built):
