@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,11 +192,6 @@ class MetricSamples:
     def __add__(self, other: MetricSamples) -> MetricSamples:
         keys = self.values.keys() | other.values.keys()
         return MetricSamples({k: self.values.get(k, 0.0) + other.values.get(k, 0.0) for k in keys})
-
-    def __iter__(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        """(name, labels, value) of every sample."""
-        for (name, labels), value in self.values.items():
-            yield name, dict(labels), value
 
 
 def parse_metrics(text: str) -> MetricSamples:
