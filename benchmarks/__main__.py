@@ -13,12 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("ceilings", "engine", "kernels", "serving", "security", "data", "llm")
+BENCHMARKS = ("ceilings", "engine", "kernels", "serving", "security", "data", "llm", "quantisation")
 
 # Set before torch loads. The kernels benchmark interleaves torch and Numba, and each brings its own
 # OpenMP runtime: with the default (spinning) wait policy the idle threads of one steal the cores the
 # other is computing on, and a pair that is normally 4x apart can time at 0.6x.
-ENVIRONMENT = {"kernels": {"OMP_WAIT_POLICY": "PASSIVE"}, "llm": {"OMP_WAIT_POLICY": "PASSIVE"}}
+ENVIRONMENT = {name: {"OMP_WAIT_POLICY": "PASSIVE"} for name in ("kernels", "llm", "quantisation")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Timing one decode step at a given context length, with no cache, the static cache or the paged cache.
+"""Timing one decode step at a given context length, with no cache, the static cache or the paged cache;
+and the quantisation table (bytes read, perplexity and decode speed of each quantised variant of a model).
 
 Why a step and not a whole generation: the cost of a step depends on how many tokens came before it,
 and that dependence is the lesson. Without a cache a step reruns the model over every token so far
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 
 from common.llm.cache import StaticCache
+from common.llm.evaluate import perplexity
 from common.llm.model import Decoder
 from common.llm.paged import PagedKVCache
+from common.llm.quantize import VARIANTS, Variant, read_bytes_per_token, variant
 
 Mode = Literal["none", "static", "paged"]
 MODES: tuple[Mode, ...] = ("none", "static", "paged")
@@ -53,13 +57,35 @@ def step_seconds(
             times.append(time.perf_counter() - t0)
     else:
         blocks = batch * (-(-(context + steps + 1) // block_size))
-        cache = PagedKVCache(config, blocks, block_size, dtype=dtype)
-        seqs = [cache.manager.allocate(row) for row in ids.tolist()]
-        view = cache.batch(seqs, [0] * batch)
+        paged = PagedKVCache(config, blocks, block_size, dtype=dtype)
+        seqs = [paged.manager.allocate(row) for row in ids.tolist()]
+        view = paged.batch(seqs, [0] * batch)
         token = model(ids, view.positions(context), view)[:, -1].argmax(-1, keepdim=True)
         for _ in range(steps + 1):
             t0 = time.perf_counter()
-            view = cache.append(seqs, token[:, 0].tolist())
+            view = paged.append(seqs, token[:, 0].tolist())
             token = model(token, view.positions(1), view)[:, -1].argmax(-1, keepdim=True)
             times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
+
+
+def quantisation_table(
+    model: Decoder,
+    heldout: torch.Tensor | None = None,
+    *,
+    names: Sequence[Variant] = tuple(VARIANTS),
+    context: int = 64,
+) -> list[dict[str, Any]]:
+    """One row per quantised variant of `model` (`names` of `quantize.VARIANTS`): the MB a decode step reads
+    per token, the held-out perplexity (when `heldout` token ids are given) and the batch-1 decode step's
+    median time after `context` tokens, as ms per token and tokens/s."""
+    rows = []
+    for name in names:
+        m = variant(model, name)
+        row: dict[str, Any] = {"variant": name, "MB read per token": read_bytes_per_token(m) / 1e6}
+        if heldout is not None:
+            row["perplexity"] = perplexity(m, heldout)
+        seconds = step_seconds(m, "static", context, steps=8)
+        row |= {"ms per token": 1e3 * seconds, "tokens/s": 1 / seconds}
+        rows.append(row)
+    return rows

@@ -63,9 +63,9 @@ def test_bad_schemes_and_groups_are_named(model):
         quantize(odd, "int4", 32)
 
 
-def test_the_quantisation_table_counts_bytes_read_and_ranks_the_variants(model):
+def test_bytes_read_per_token_count_each_variants_weights_and_scales(model):
     from common.llm.anatomy import parameter_count
-    from common.llm.quantize import VARIANTS, compare, read_bytes_per_token, variant
+    from common.llm.quantize import read_bytes_per_token, variant
 
     assert read_bytes_per_token(model) == 4 * parameter_count(CONFIG).matmul
     assert variant(model, "fp32") is model
@@ -73,12 +73,34 @@ def test_the_quantisation_table_counts_bytes_read_and_ranks_the_variants(model):
     assert read_bytes_per_token(int8) == parameter_count(CONFIG).matmul + 4 * sum(
         m.out_features for m in int8.modules() if isinstance(m, QuantizedLinear)
     )  # a byte per weight, a float32 scale per output row
-    tokens = torch.randint(0, CONFIG.vocab_size, (300,), generator=torch.Generator().manual_seed(0))
-    rows = {r["variant"]: r for r in compare(model, tokens, context=16)}
-    assert list(rows) == list(VARIANTS)
-    read = [rows[n]["MB read per token"] for n in VARIANTS]
-    assert read[0] > read[1] > read[3] > read[2]  # int4 g32 carries four times the scales of g128
-    assert all(r["tokens/s"] > 0 and r["perplexity"] > 1 for r in rows.values())
-    assert abs(rows["int8"]["perplexity"] / rows["fp32"]["perplexity"] - 1) < 0.01
     with pytest.raises(ValueError, match="variant must be one of fp32, int8, int4 g128, int4 g32"):
         variant(model, "int2")
+
+
+def test_the_quantisation_table_reports_each_variants_bytes_perplexity_and_step_time(model, monkeypatch):
+    """The table's wiring, with the step timer stubbed (step_seconds is tested on its own in test_anatomy):
+    each row is its variant's bytes, its perplexity and its own step time, in the units the columns name."""
+    from common.llm import profile
+    from common.llm.evaluate import perplexity
+    from common.llm.quantize import VARIANTS, read_bytes_per_token, variant
+
+    timed = []
+
+    def fake_step_seconds(m, mode, context, *, steps):  # a step time that names the model it was asked for
+        timed.append((mode, context))
+        return read_bytes_per_token(m) / 1e9
+
+    monkeypatch.setattr(profile, "step_seconds", fake_step_seconds)
+    tokens = torch.randint(0, CONFIG.vocab_size, (300,), generator=torch.Generator().manual_seed(0))
+    rows = {r["variant"]: r for r in profile.quantisation_table(model, tokens, context=16)}
+    assert list(rows) == list(VARIANTS) and timed == [("static", 16)] * len(VARIANTS)
+    for name, row in rows.items():
+        read = read_bytes_per_token(variant(model, name))
+        assert row["MB read per token"] == read / 1e6
+        assert row["ms per token"] == pytest.approx(read / 1e6) and row["tokens/s"] == pytest.approx(1e9 / read)
+    read = [rows[n]["MB read per token"] for n in VARIANTS]
+    assert read[0] > read[1] > read[3] > read[2]  # int4 g32 carries four times the scales of g128
+    assert rows["fp32"]["perplexity"] == perplexity(model, tokens)
+    assert abs(rows["int8"]["perplexity"] / rows["fp32"]["perplexity"] - 1) < 0.01
+    assert rows["int4 g32"]["perplexity"] != rows["fp32"]["perplexity"], "the int4 row measured the int4 model"
+    assert "perplexity" not in profile.quantisation_table(model, names=("int8",))[0]
