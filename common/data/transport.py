@@ -161,7 +161,7 @@ def _map_shared(name: str) -> mmap.mmap:
     """
     if os.name != "posix":  # pragma: no cover - Windows: no resource tracker, named mappings
         shm = shared_memory.SharedMemory(name)
-        return shm._mmap  # type: ignore[attr-defined]
+        return shm._mmap  # type: ignore[attr-defined]  # SharedMemory keeps its mapping private; Windows only
     import _posixshmem  # type: ignore[import-not-found]  # CPython's private module: no stubs
 
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -41,10 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         sys.exit(f"python -m common.serving: invalid settings:\n{exc}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tls: dict[str, object] = {}
-    if settings.tls_enabled:  # mutual TLS: our strict context, and the protocol shim that tells the app who called
+    tls: dict[str, Any] = {}
+    cert, key, ca = settings.tls_cert, settings.tls_key, settings.tls_ca
+    if cert and key and ca:  # mutual TLS (settings.tls_enabled): our strict context, and the shim that tells who called
         try:
-            context = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)  # type: ignore[arg-type]
+            context = server_context(cert, key, ca)
         except TLSMaterialError as exc:
             sys.exit(f"python -m common.serving: cannot serve mutual TLS: {exc}")
         tls = {"http": http_protocol(), "ssl_context_factory": lambda config, default: context}
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         limit_concurrency=settings.limit_concurrency,  # protects the event loop itself when the queue cannot
         access_log=False,  # per-request lines cost throughput; /metrics counts every request instead
-        **tls,  # type: ignore[arg-type]
+        **tls,
     )
 
 
