@@ -160,6 +160,42 @@ def native_low_precision() -> dict[str, bool]:
     return {dtype: bool(flags & names) for dtype, names in LOW_PRECISION_FLAGS.items()}
 
 
+@dataclass(frozen=True)
+class Bf16Route:
+    """Which kernel a bf16 matrix multiply takes on this CPU, and what that costs against fp32.
+
+    PyTorch sends a bf16 matmul to oneDNN when oneDNN supports bf16 here: with the bf16 instructions
+    (`avx512_bf16`, AMX, Arm BF16) it multiplies in bf16 natively; with AVX-512 BW/VL/DQ but no bf16
+    instructions it converts to fp32 inside its vectorised kernel, a little slower than fp32. Without
+    AVX-512 (AVX2-only parts such as AMD Zen 2) torch falls back to a generic kernel that converts
+    element by element, tens to a hundred times slower than fp32. (ATen: `mkldnn_bf16_device_check`.)
+    """
+
+    route: str  # "native", "onednn-emulated" or "fallback"
+    reason: str
+
+    @property
+    def slow(self) -> bool:
+        """True where bf16 matmul is many times slower than fp32 (the generic fallback)."""
+        return self.route == "fallback"
+
+
+def bf16_matmul_route() -> Bf16Route:
+    """How this CPU runs a bf16 matmul: native bf16, emulated inside oneDNN, or torch's slow fallback."""
+    if native_low_precision()["bfloat16"]:
+        return Bf16Route("native", "this CPU has bf16 instructions: oneDNN multiplies bf16 in hardware")
+    onednn = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if onednn:
+        return Bf16Route(
+            "onednn-emulated",
+            "no bf16 instructions, but AVX-512: oneDNN widens bf16 to fp32 inside its kernel, a little slower than fp32",
+        )
+    return Bf16Route(
+        "fallback",
+        "no bf16 instructions and no AVX-512: torch's generic kernel converts each element, many times slower than fp32",
+    )
+
+
 def dtype_policy(device: Device | None = None) -> DtypePolicy:
     device = device or get_device()
     if device.is_gpu:
@@ -169,7 +205,7 @@ def dtype_policy(device: Device | None = None) -> DtypePolicy:
     if native_low_precision()["bfloat16"]:
         why = "this CPU has bf16 instructions, so bf16 is an option worth measuring (module 05)"
     else:
-        why = "this CPU has no bf16 instructions: bf16 would be emulated and far slower"
+        why = bf16_matmul_route().reason
     return DtypePolicy(torch.float32, f"CPU: fp32 is fast on every CPU; {why}")
 
 

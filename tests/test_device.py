@@ -9,7 +9,7 @@ import pytest
 import torch
 from numba import cuda  # tests/conftest.py has chosen the simulator or the GPU by now
 
-from common import device
+from common import bench, device
 
 
 def test_describe_names_the_machine():
@@ -141,3 +141,22 @@ def test_numba_runs_cuda_kernels_on_its_simulator_without_a_gpu():
     out = cuda.device_array(10, np.int32)
     _block_and_thread[3, 4](out)  # 12 threads for 10 elements: the last block's two spare threads write nothing
     np.testing.assert_array_equal(out.copy_to_host(), [0, 1, 2, 3, 100, 101, 102, 103, 200, 201])
+
+
+def test_bf16_route_says_what_a_bf16_matmul_costs_here():
+    """The route read from the flags must match what a bf16 matmul measures against fp32 on this CPU."""
+    route = device.bf16_matmul_route()
+    a32, b32 = torch.randn(256, 256), torch.randn(256, 256)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    ratio = bench.compare(lambda: a16 @ b16, lambda: a32 @ b32, repeat=5).speedup  # bf16 time / fp32 time
+    if route.slow:  # generic fallback: measured 40-100x on Zen 2
+        assert ratio > 5, f"{route}: bf16 took only {ratio:.1f}x fp32"
+    else:  # native or emulated in oneDNN: measured 0.5-1.6x
+        assert ratio < 4, f"{route}: bf16 took {ratio:.1f}x fp32"
+
+
+def test_bf16_route_falls_back_without_avx512(monkeypatch):
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert device.bf16_matmul_route().route == "native"
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert device.bf16_matmul_route().route in {"onednn-emulated", "fallback"}  # oneDNN asks the CPU itself

@@ -9,6 +9,7 @@ which survive noise far better than absolute times.
 - `ceilings`: `machine_ceilings` (copy bandwidth and matmul FLOP/s), `Ceilings`, the roofline
 - `plots`: `plot_timings`, `plot_roofline`, `labelled_barh`, `save_figure`
 - `report`: `save_results`, `print_targets`
+- `claims`: `at_least`, `at_most`: a notebook's timing claim checked, printed with its margin
 """
 
 from common.bench.ceilings import (
@@ -20,6 +21,7 @@ from common.bench.ceilings import (
     measure_bandwidth,
     measure_matmul,
 )
+from common.bench.claims import Claim, ClaimFailed, at_least, at_most
 from common.bench.memory import (
     LeakReport,
     MemoryUsage,
@@ -36,11 +38,15 @@ from common.bench.timing import MIN_SAMPLE_SECONDS, Comparison, Timing, compare,
 __all__ = [
     "MIN_SAMPLE_SECONDS",
     "Ceilings",
+    "Claim",
+    "ClaimFailed",
     "Comparison",
     "LeakReport",
     "MemoryUsage",
     "ProcessMemory",
     "Timing",
+    "at_least",
+    "at_most",
     "bandwidth_gbs",
     "ceilings_row",
     "compare",
