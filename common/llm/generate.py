@@ -6,7 +6,8 @@ same rotary angles as when it is generated alone (a test holds batched and alone
 
 Choosing a token (`choose`): greedy when `temperature` is 0; otherwise the logits are divided by the
 temperature, cut to the `top_k` most likely, then to the smallest set whose probability reaches `top_p`,
-and a token is drawn from what is left with a seeded generator, so a seed reproduces a generation.
+then to the tokens at least `min_p` times as likely as the most likely one (min-p, Nguyen et al. 2024,
+https://arxiv.org/abs/2407.01082), and a token is drawn from what is left with a seeded generator, so a seed reproduces a generation.
 `distribution` returns that filtered distribution; tests hold it equal to transformers' logits warpers.
 """
 
@@ -38,6 +39,7 @@ class Sampling:
     temperature: float = 0.0  # 0: always the most likely token
     top_k: int = 0  # 0: no cut
     top_p: float = 1.0  # 1: no cut
+    min_p: float = 0.0  # 0: no cut; keeps tokens with probability >= min_p * the top token's
     seed: int | None = None  # None: a different draw every time
 
     def __post_init__(self) -> None:
@@ -47,6 +49,8 @@ class Sampling:
             raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 keeps every token), got {self.min_p}")
 
     @property
     def greedy(self) -> bool:
@@ -54,7 +58,8 @@ class Sampling:
 
 
 def distribution(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-    """The probabilities (batch, vocab) a token is drawn from: temperature, then top-k, then top-p."""
+    """The probabilities (batch, vocab) a token is drawn from: temperature, then top-k, top-p and min-p (the
+    order of transformers' warpers)."""
     logits = logits.to(torch.float32)
     if sampling.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float32)
@@ -69,6 +74,11 @@ def distribution(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         drop_sorted = before >= sampling.top_p  # keep the smallest prefix that reaches top_p (at least one)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    if sampling.min_p > 0:
+        # A cut relative to the top token: strict where the model is sure, loose where it is not. The top
+        # token always passes (p_max >= min_p * p_max), so something is always kept.
+        probs = probs.masked_fill(probs < sampling.min_p * probs.amax(-1, keepdim=True), 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 

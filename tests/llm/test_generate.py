@@ -65,18 +65,46 @@ def test_a_padded_batch_generates_what_each_prompt_generates_alone(models):
 
 
 @pytest.mark.parametrize(
-    ("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 12, 0.5), (1.0, 1, 0.3)]
+    ("temperature", "top_k", "top_p", "min_p"),
+    [
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 5, 1.0, 0.0),
+        (1.3, 0, 0.8, 0.0),
+        (0.9, 12, 0.5, 0.0),
+        (1.0, 1, 0.3, 0.0),
+        (1.0, 0, 1.0, 0.1),
+        (1.5, 0, 0.9, 0.05),
+        (0.8, 20, 1.0, 0.3),
+    ],
 )
-def test_the_sampling_distribution_equals_transformers_warpers(temperature, top_k, top_p):
+def test_the_sampling_distribution_equals_transformers_warpers(temperature, top_k, top_p, min_p):
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(7)) * 3
     warpers = transformers.LogitsProcessorList([transformers.TemperatureLogitsWarper(temperature)])
     if top_k:
         warpers.append(transformers.TopKLogitsWarper(top_k))
     if top_p < 1:
         warpers.append(transformers.TopPLogitsWarper(top_p))
+    if min_p > 0:
+        warpers.append(transformers.MinPLogitsWarper(min_p))
     want = warpers(None, logits.clone()).softmax(-1)
-    got = distribution(logits, Sampling(temperature=temperature, top_k=top_k, top_p=top_p))
+    got = distribution(logits, Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("min_p", [0.02, 0.1, 0.5, 1.0])
+def test_min_p_keeps_the_tokens_its_definition_keeps(min_p):
+    """Nguyen et al. 2024 (arXiv 2407.01082): keep token i iff p_i >= min_p * p_max, p after temperature; draw
+    from those renormalised. A confident row (one large logit) keeps fewer than a flat one."""
+    logits = torch.randn(3, 200, generator=torch.Generator().manual_seed(3)) * torch.tensor([[0.5], [2.0], [4.0]])
+    logits[2, 17] += 12  # a confident row
+    t = 1.2
+    p = (logits / t).softmax(-1)
+    keep = p >= min_p * p.max(-1, keepdim=True).values
+    got = distribution(logits, Sampling(temperature=t, min_p=min_p))
+    assert torch.equal(got > 0, keep)
+    torch.testing.assert_close(got, torch.where(keep, p, 0) / torch.where(keep, p, 0).sum(-1, keepdim=True))
+    kept = keep.sum(-1)
+    assert kept[2] <= kept[0] and kept[2] < 200
 
 
 def test_temperature_sharpens_and_greedy_is_the_argmax():
@@ -126,7 +154,7 @@ def test_bad_requests_are_refused_with_the_limit(models):
         generate(model, [[1]], max_new_tokens=0)
     with pytest.raises(ValueError, match="stop_strings need a tokenizer"):
         generate(model, [[1]], stop_strings=["x"])
-    for bad in ({"temperature": -1}, {"top_k": -2}, {"top_p": 0.0}):
+    for bad in ({"temperature": -1}, {"top_k": -2}, {"top_p": 0.0}, {"min_p": 1.5}, {"min_p": -0.1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Sampling(**bad)
 
