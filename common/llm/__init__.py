@@ -7,7 +7,16 @@ Depends on torch, safetensors, tokenizers, `common.kernels` and (to refuse pickl
 (DESIGN.md).
 """
 
-from common.llm.anatomy import CHECKPOINT_SHAPES, forward_cost, kv_bytes_per_token, parameter_count
+from common.llm.anatomy import (
+    CHECKPOINT_SHAPES,
+    KV_LAYOUTS,
+    KVLayout,
+    forward_cost,
+    gqa_layout,
+    kv_bytes_per_token,
+    mla_layout,
+    parameter_count,
+)
 from common.llm.cache import StaticCache
 from common.llm.checkpoint import CheckpointError, WeightDtype, load_pretrained, save_pretrained
 from common.llm.corpus import Corpus, load_token_ids, save_token_ids, stdlib_corpus, token_stream
@@ -23,6 +32,7 @@ from common.secure.errors import UnsafeFormat  # what load_pretrained raises for
 
 __all__ = [
     "CHECKPOINT_SHAPES",
+    "KV_LAYOUTS",
     "BlockManager",
     "CheckpointError",
     "Corpus",
@@ -31,6 +41,7 @@ __all__ = [
     "Detokenizer",
     "FinishReason",
     "Generation",
+    "KVLayout",
     "Mode",
     "OutOfBlocks",
     "PagedKVCache",
@@ -48,11 +59,13 @@ __all__ = [
     "forward_cost",
     "generate",
     "generate_paged",
+    "gqa_layout",
     "kv_bytes_per_token",
     "load_default",
     "load_pretrained",
     "load_token_ids",
     "load_tokenizer",
+    "mla_layout",
     "parameter_count",
     "perplexity",
     "quantisation_table",

@@ -130,3 +130,80 @@ def forward_cost(
     read = batch * (known + new_tokens) * kv_bytes_per_token(c, kv_bytes_per_element)
     written = tokens * kv_bytes_per_token(c, kv_bytes_per_element)
     return ForwardCost(float(flops), float(weight_bytes), float(read + written), tokens)
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """What attention caches per token, and for how long: the KV-size reductions beyond grouped-query attention.
+
+    - Grouped-query attention (GQA) stores a key and a value per key-value head: `2 * kv_heads * head_dim` per
+      layer per token (multi-head attention is the case kv_heads == heads).
+    - Sliding-window attention (Mistral 7B v0.1; Gemma 2 on every other layer) attends to the last `window`
+      tokens only, so a windowed layer keeps at most `window` tokens of KV: only the global layers grow.
+    - Multi-head latent attention (MLA, DeepSeek-V2, https://arxiv.org/abs/2405.04434) caches one compressed
+      latent of `kv_lora_rank` and one rotary key of `rope_head_dim` per layer per token, shared by all heads;
+      keys and values are projected back up from the latent (or the projection is folded into the query and
+      output weights), trading extra FLOPs for far fewer bytes.
+    """
+
+    layers: int
+    elements_per_layer: int  # what one token stores in one layer
+    window: int | None = None  # tokens a windowed layer keeps
+    windowed_layers: int = 0  # how many of `layers` use the window
+
+    def __post_init__(self) -> None:
+        if self.layers < 1 or self.elements_per_layer < 1:
+            raise ValueError(
+                f"need layers >= 1 and elements_per_layer >= 1; got {self.layers}, {self.elements_per_layer}"
+            )
+        if not 0 <= self.windowed_layers <= self.layers:
+            raise ValueError(f"windowed_layers must be in [0, layers={self.layers}], got {self.windowed_layers}")
+        if self.windowed_layers and (self.window is None or self.window < 1):
+            raise ValueError(f"windowed layers need a window >= 1, got {self.window}")
+
+    def bytes(self, tokens: int, bytes_per_element: float = 2) -> float:
+        """The KV cache of one sequence of `tokens` tokens."""
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        kept = min(tokens, self.window) if self.window is not None else tokens
+        global_layers = self.layers - self.windowed_layers
+        return (global_layers * tokens + self.windowed_layers * kept) * self.elements_per_layer * bytes_per_element
+
+    def bytes_per_token(self, tokens: int, bytes_per_element: float = 2) -> float:
+        """The cache of a `tokens`-long sequence divided by its length: constant for GQA and MLA; falling past
+        the window for sliding-window layers."""
+        return self.bytes(tokens, bytes_per_element) / tokens
+
+
+def gqa_layout(config: DecoderConfig, window: int | None = None, windowed_layers: int | None = None) -> KVLayout:
+    """The layout of a config's grouped-query attention; with `window`, `windowed_layers` of its layers
+    (all by default) slide."""
+    per_layer = 2 * config.num_key_value_heads * config.head_dim
+    if window is None:
+        return KVLayout(config.num_hidden_layers, per_layer)
+    slide = config.num_hidden_layers if windowed_layers is None else windowed_layers
+    return KVLayout(config.num_hidden_layers, per_layer, window, slide)
+
+
+def mla_layout(layers: int, kv_lora_rank: int, rope_head_dim: int) -> KVLayout:
+    """Multi-head latent attention: a latent and a shared rotary key per layer per token, whatever the heads."""
+    return KVLayout(layers, kv_lora_rank + rope_head_dim)
+
+
+def _shape(**fields: object) -> DecoderConfig:
+    return DecoderConfig.from_hf({"architectures": ["LlamaForCausalLM"], "vocab_size": 32000, **fields})
+
+
+# Published shapes (their Hugging Face config.json fields; the attention only: the MLP does not touch the cache).
+# DeepSeek-V2 has 128 heads of 128 dimensions: as multi-head attention it would store 2 * 128 * 128 per layer.
+KV_LAYOUTS: dict[str, KVLayout] = {
+    "Llama-3.1-8B (GQA, 8 of 32 heads)": gqa_layout(DecoderConfig.from_hf(CHECKPOINT_SHAPES["Llama-3.1-8B"])),
+    "Mistral-7B-v0.1 (GQA, window 4,096)": gqa_layout(
+        _shape(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, max_position_embeddings=32768),
+        window=4096,
+    ),
+    "Gemma-2-9B (GQA, window 4,096 on half the layers)": KVLayout(42, 2 * 8 * 256, window=4096, windowed_layers=21),
+    "DeepSeek-V2 as multi-head attention": KVLayout(60, 2 * 128 * 128),
+    "DeepSeek-V2 (MLA)": mla_layout(60, kv_lora_rank=512, rope_head_dim=64),
+}  # fmt: skip

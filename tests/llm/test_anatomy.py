@@ -9,7 +9,16 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.llm.anatomy import forward_cost, kv_bytes_per_token, parameter_count
+from common.llm.anatomy import (
+    KV_LAYOUTS,
+    KVLayout,
+    forward_cost,
+    gqa_layout,
+    kv_bytes_per_token,
+    mla_layout,
+    parameter_count,
+)
+from common.llm.cache import StaticCache
 from common.llm.model import Decoder, DecoderConfig
 
 CONFIGS = {
@@ -102,3 +111,39 @@ def test_known_checkpoint_shapes_count_their_published_sizes(name, billions):
 
     config = DecoderConfig.from_hf(CHECKPOINT_SHAPES[name])
     assert parameter_count(config).total / 1e9 == pytest.approx(billions, rel=0.005)
+
+
+def test_a_gqa_layout_is_kv_bytes_per_token_and_the_static_cache_it_allocates():
+    config = CONFIGS["llama, tied"]
+    layout = gqa_layout(config)
+    assert layout.bytes(100, 4) == 100 * kv_bytes_per_token(config, 4) == StaticCache(config, 1, 100).nbytes
+    assert layout.bytes_per_token(7, 2) == kv_bytes_per_token(config, 2)
+
+
+def test_a_sliding_window_keeps_at_most_the_window_on_its_layers():
+    config = CONFIGS["llama, tied"]  # 2 layers
+    full, every, half = gqa_layout(config), gqa_layout(config, window=64), gqa_layout(config, 64, windowed_layers=1)
+    assert every.bytes(64) == half.bytes(64) == full.bytes(64)  # within the window nothing is dropped
+    assert every.bytes(1000) == every.bytes(64)  # every layer slides: the cache stops growing
+    per_layer_token = full.bytes(1) / 2
+    assert half.bytes(1000) == per_layer_token * (1000 + 64)  # one global layer grows, one slides
+    assert every.bytes_per_token(1000) < half.bytes_per_token(1000) < full.bytes_per_token(1000)
+
+
+def test_mla_caches_a_latent_and_a_rotary_key_per_layer_whatever_the_heads():
+    """DeepSeek-V2 (arXiv 2405.04434, table 1): (d_c + d_h^R) * l elements per token, d_c = 4 d_h, d_h^R = d_h / 2,
+    against 2 * n_h * d_h * l for multi-head attention."""
+    mla = mla_layout(layers=60, kv_lora_rank=512, rope_head_dim=64)
+    assert mla.bytes_per_token(1, 2) == 60 * (512 + 64) * 2 == 60 * 4.5 * 128 * 2
+    assert KV_LAYOUTS["DeepSeek-V2 (MLA)"] == mla
+    mha = KV_LAYOUTS["DeepSeek-V2 as multi-head attention"]
+    assert mha.bytes(10) / mla.bytes(10) == 2 * 128 * 128 / 576
+
+
+def test_a_kv_layout_refuses_what_cannot_be():
+    with pytest.raises(ValueError, match="windowed_layers must be in"):
+        KVLayout(4, 16, window=8, windowed_layers=5)
+    with pytest.raises(ValueError, match="need a window"):
+        KVLayout(4, 16, windowed_layers=2)
+    with pytest.raises(ValueError, match="tokens must be >= 0"):
+        KVLayout(4, 16).bytes(-1)
