@@ -1,5 +1,6 @@
 """`common.serving`: the embeddings server (an async FastAPI app with dynamic batching, back-pressure,
-request limits and metrics), the server in a child process, and a load generator.
+request limits and metrics), the server in a child process, a load generator, and the backoff a
+client waits before retrying a refused request.
 
     from common.serving import ServingSettings, create_app, server_process
     with server_process(max_batch_size=32) as server:   # python -m common.serving, ready
@@ -11,6 +12,7 @@ from common.serving.batcher import BatcherClosed, BatchPolicy, DeadlineExceeded,
 from common.serving.body_limit import BodySizeLimit, BodyTooLarge
 from common.serving.loading import load_engine
 from common.serving.metrics import MetricSamples, ServingMetrics, parse_metrics, scrape_metrics
+from common.serving.retry import Jitter, backoff_delays
 from common.serving.server import ServerProcess, free_port, server_process, wait_ready
 from common.serving.settings import ServingSettings
 
@@ -21,11 +23,13 @@ __all__ = [
     "BodyTooLarge",
     "DeadlineExceeded",
     "DynamicBatcher",
+    "Jitter",
     "MetricSamples",
     "QueueFull",
     "ServerProcess",
     "ServingMetrics",
     "ServingSettings",
+    "backoff_delays",
     "create_app",
     "free_port",
     "load_engine",
