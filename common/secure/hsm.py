@@ -2,14 +2,29 @@
 
 The KEK is an AES-256 key generated *on* the token with CKA_EXTRACTABLE=False
 and CKA_SENSITIVE=True: no call, not even with the PIN, returns its value.
-Data keys are wrapped with AES key wrap (RFC 3394, CKM_AES_KEY_WRAP) through
-C_WrapKey: the data key is imported as a short-lived *session* object (never
-stored on the token), wrapped, destroyed. Why this mechanism, measured on
-SoftHSM 2.6.1: C_Encrypt refuses both key-wrap mechanisms; RSA-OAEP is SHA-1
-only; and its CKM_AES_KEY_WRAP_PAD matches RFC 5649 only for lengths that are
-a multiple of 8 (it zero-pads first, and unwrap returns the padding). So data
-keys must be whole 8-byte blocks (AES-256 data keys are 32 bytes), checked here
-rather than silently padded.
+
+A data key is protected the way a cloud KMS's Encrypt/Decrypt (and GenerateDataKey)
+do it: the token encrypts the 32 data-key bytes as *data* with AES-256-GCM under the
+KEK (C_Encrypt), and decrypts them back (C_Decrypt). No key object is ever made from
+a plaintext, and no key attribute is ever read: the plaintext data key exists only
+in this process, which needs it anyway to encrypt the body with AES-GCM at memory
+speed. Why not C_WrapKey/C_UnwrapKey, the calls named after the job: they move
+key *objects*, so wrapping a host-made data key means importing it with
+C_CreateObject as a non-sensitive, extractable key, and getting it back means
+unwrapping into such a key and reading CKA_VALUE. SoftHSM allows both; an HSM in
+FIPS mode refuses to create or unwrap a non-sensitive secret key and never returns
+CKA_VALUE. The key-object pattern that such an HSM does allow, a data key generated
+on the token (sensitive, extractable only by wrapping) and C_WrapKey'd out, leaves
+the plaintext key inside the token, where it suits data the token itself encrypts,
+not a body encrypted here.
+
+Wrapped bytes: a 12-byte IV, the encrypted data key, a 16-byte GCM tag (32 -> 60
+bytes). The associated data names the KEK, so bytes made by one key are refused
+by another even before the tag (which fails too). The IV is random, as NIST SP
+800-38D allows for at most 2^32 encryptions under one key: far more data keys than
+one KEK should wrap before it is rotated. A FIPS 140-3 module must generate GCM
+IVs itself (PKCS#11 3.0's C_EncryptMessage with CKG_GENERATE_RANDOM, or a vendor's
+own GCM mechanism); SoftHSM 2.6 implements PKCS#11 2.40, which takes the caller's.
 
 PKCS#11 logs in once per application and token, and a session must not be used
 by two threads at once: an `HSMToken` owns one logged-in session behind a lock.
@@ -29,10 +44,12 @@ from typing import Any, NoReturn
 from common.secure.errors import HSMError, IntegrityError, KeyNotFound, KeysetError
 
 PROVIDER = "pkcs11"  # the provider name a keyset records for HSM keys
-ALGORITHM = "AES-KW-256"  # AES-256 key wrap, RFC 3394, by a PKCS#11 token
+ALGORITHM = "AES-256-GCM"  # the data key encrypted as data by a PKCS#11 token (C_Encrypt with CKM_AES_GCM)
+IV_SIZE, GCM_TAG_SIZE = 12, 16
+DATA_KEY_SIZES = range(16, 65)  # AES-128 .. a 512-bit secret: anything else is not a data key
 
 # What SoftHSM (and tokens generally) answer when wrapped bytes were not made by this key:
-# RFC 3394's integrity check fails inside the token, which reports it as one of these.
+# GCM's tag check fails inside the token, which reports it as one of these (SoftHSM: GeneralError).
 _NOT_OURS = ("WrappedKeyInvalid", "WrappedKeyLenRange", "EncryptedDataInvalid", "EncryptedDataLenRange", "GeneralError")
 
 
@@ -100,60 +117,54 @@ class HSMKey:
         self._handle = handle
 
     def wrap(self, data_key: bytes) -> bytes:
-        """The data key wrapped by the token (RFC 3394), so it can be stored beside its ciphertext."""
-        if not isinstance(data_key, bytes | bytearray) or len(data_key) < 16 or len(data_key) % 8:
-            size = len(data_key) if isinstance(data_key, bytes | bytearray) else type(data_key).__name__
-            raise ValueError(f"AES key wrap takes data keys of 16 bytes or more in whole 8-byte blocks, got {size}")
-        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+        """The data key encrypted by the token (AES-256-GCM, C_Encrypt): IV || ciphertext || tag."""
+        if not isinstance(data_key, bytes | bytearray) or len(data_key) not in DATA_KEY_SIZES:
+            size = f"{len(data_key)} bytes" if isinstance(data_key, bytes | bytearray) else type(data_key).__name__
+            raise ValueError(f"a data key is 16 to 64 bytes (AES-256: 32), got {size}")
+        from pkcs11 import Mechanism
+        from pkcs11.mechanisms import GCMParams
 
-        def wrap(session: Any) -> bytes:
-            # A session object (CKA_TOKEN=False): it vanishes with the session even if destroy() is never reached.
-            temp = session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.SECRET_KEY,
-                    Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-                    Attribute.VALUE: bytes(data_key),
-                    Attribute.TOKEN: False,
-                    Attribute.EXTRACTABLE: True,
-                    Attribute.SENSITIVE: False,
-                }
-            )
-            try:
-                return bytes(self._handle.wrap_key(temp, mechanism=Mechanism.AES_KEY_WRAP))
-            finally:
-                temp.destroy()
+        iv = os.urandom(IV_SIZE)
+        params = GCMParams(iv, self._aad, GCM_TAG_SIZE * 8)
 
-        return self.token.run(f"wrapping a data key with {self.key_id!r}", wrap)
+        def encrypt(session: Any) -> bytes:
+            return bytes(self._handle.encrypt(bytes(data_key), mechanism=Mechanism.AES_GCM, mechanism_param=params))
+
+        return iv + self.token.run(f"encrypting a data key with {self.key_id!r}", encrypt)
 
     def unwrap(self, wrapped: bytes) -> bytes:
-        """The data key back; IntegrityError if `wrapped` was not made by this key (RFC 3394's check fails)."""
+        """The data key back; IntegrityError if `wrapped` was not made by this key (GCM's tag check fails)."""
         import pkcs11
-        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+        from pkcs11 import Mechanism
+        from pkcs11.mechanisms import GCMParams
 
-        def unwrap(session: Any) -> bytes:
+        if not isinstance(wrapped, bytes | bytearray):
+            raise IntegrityError(f"wrapped data key must be bytes, got {type(wrapped).__name__}")
+        if len(wrapped) - IV_SIZE - GCM_TAG_SIZE not in DATA_KEY_SIZES:
+            raise IntegrityError(
+                f"wrapped data key is {len(wrapped)} bytes; HSM key {self.key_id!r} makes "
+                f"{IV_SIZE + GCM_TAG_SIZE + DATA_KEY_SIZES.start} to {IV_SIZE + GCM_TAG_SIZE + DATA_KEY_SIZES[-1]}"
+            )
+        params = GCMParams(bytes(wrapped[:IV_SIZE]), self._aad, GCM_TAG_SIZE * 8)
+
+        def decrypt(session: Any) -> bytes:
             try:
-                temp = self._handle.unwrap_key(
-                    ObjectClass.SECRET_KEY,
-                    KeyType.GENERIC_SECRET,
-                    bytes(wrapped),
-                    mechanism=Mechanism.AES_KEY_WRAP,
-                    template={Attribute.TOKEN: False, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False},
-                )
+                sealed = bytes(wrapped[IV_SIZE:])
+                return bytes(self._handle.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params))
             except pkcs11.PKCS11Error as exc:
                 if type(exc).__name__ in _NOT_OURS:
                     raise IntegrityError(
                         f"wrapped data key ({len(wrapped)} bytes) was not made by HSM key {self.key_id!r} "
-                        f"on token {self.token.label!r}: the token's key-wrap check failed"
+                        f"on token {self.token.label!r}: the token's GCM tag check failed"
                     ) from None
                 raise
-            try:
-                return bytes(temp[Attribute.VALUE])
-            finally:
-                temp.destroy()
 
-        if not isinstance(wrapped, bytes | bytearray):
-            raise IntegrityError(f"wrapped data key must be bytes, got {type(wrapped).__name__}")
-        return self.token.run(f"unwrapping a data key with {self.key_id!r}", unwrap)
+        return self.token.run(f"decrypting a data key with {self.key_id!r}", decrypt)
+
+    @property
+    def _aad(self) -> bytes:
+        # binds the encrypted data key to this KEK's label: bytes moved between keys are refused
+        return b"hpai data key for " + self.key_id.encode()
 
     def record(self) -> dict[str, str]:
         """What a keyset file stores to find this key again: the token, never the PIN."""
@@ -208,7 +219,7 @@ def _find(session: Any, key_id: str) -> list[Any]:
 
 
 def create_kek(token: HSMToken, key_id: str) -> HSMKey:
-    """Generate a new AES-256 KEK on the token: stored, private, non-extractable, sensitive, wrap/unwrap only."""
+    """Generate a new AES-256 KEK on the token: stored, private, non-extractable, sensitive, encrypt/decrypt only."""
     from pkcs11 import Attribute, KeyType, MechanismFlag
 
     if not key_id:
@@ -222,7 +233,7 @@ def create_kek(token: HSMToken, key_id: str) -> HSMKey:
             256,
             label=key_id,
             store=True,
-            capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
+            capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,  # of data keys, as data
             template={
                 Attribute.EXTRACTABLE: False,  # may never leave the token, wrapped or not
                 Attribute.SENSITIVE: True,  # CKA_VALUE is never readable

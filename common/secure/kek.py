@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 @runtime_checkable
 class KeyEncryptionKey(Protocol):
     key_id: str  # stable, unique in its keyset; written into every envelope header it wraps for
-    algorithm: str  # e.g. "RSA-OAEP-3072-SHA256" (local) or "AES-KW-256" (HSM)
+    algorithm: str  # e.g. "RSA-OAEP-3072-SHA256" (local) or "AES-256-GCM" (HSM)
 
     def wrap(self, data_key: bytes) -> bytes:
         """The data key encrypted under this KEK."""

@@ -50,48 +50,80 @@ def new_kek(token: HSMToken) -> HSMKey:
 
 def test_wrap_unwrap_round_trip(token: HSMToken) -> None:
     kek = new_kek(token)
-    assert isinstance(kek, KeyEncryptionKey) and kek.algorithm == "AES-KW-256"
-    for size in (16, 32, 64):
+    assert isinstance(kek, KeyEncryptionKey) and kek.algorithm == "AES-256-GCM"
+    for size in (16, 20, 32, 64):
         data_key = os.urandom(size)
         wrapped = kek.wrap(data_key)
-        assert data_key not in wrapped and len(wrapped) == size + 8  # RFC 3394: one 8-byte integrity block more
+        assert data_key not in wrapped and len(wrapped) == 12 + size + 16  # IV, ciphertext, GCM tag
         assert kek.unwrap(wrapped) == data_key
+    assert kek.wrap(data_key)[:12] != kek.wrap(data_key)[:12]  # a fresh IV every time
 
 
-def test_data_keys_that_key_wrap_would_pad_are_refused(token: HSMToken) -> None:
-    """SoftHSM would zero-pad these and unwrap would return the padding: a changed key, so refuse up front."""
+def test_what_is_not_a_data_key_is_refused(token: HSMToken) -> None:
     kek = new_kek(token)
-    for size in (0, 8, 20, 33):
-        with pytest.raises(ValueError, match=f"whole 8-byte blocks, got {size}"):
+    for size in (0, 8, 15, 65):
+        with pytest.raises(ValueError, match=f"16 to 64 bytes .*got {size} bytes"):
             kek.wrap(os.urandom(size))
+    with pytest.raises(ValueError, match="got str"):
+        kek.wrap("not bytes")  # type: ignore[arg-type]  # the wrong type on purpose
 
 
-def test_matches_rfc3394_published_vector(token: HSMToken) -> None:
-    """RFC 3394 section 4.6, a 256-bit key under a 256-bit KEK: what the token computes is that algorithm.
+def test_the_token_computes_standard_aes_gcm(token: HSMToken) -> None:
+    """What the token returns is AES-256-GCM as `cryptography` computes it, with the KEK's label as AAD.
 
-    The KEK of a published vector has to be imported (a generated one cannot be known), so this test
-    builds an HSMKey around an imported session key; production keys come only from create_kek."""
+    A known KEK has to be imported to compare (a generated one cannot be known), so this test builds an
+    HSMKey around an imported session key; production keys come only from create_kek."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from pkcs11 import Attribute, KeyType, ObjectClass
 
-    kek_bytes = bytes(range(32))
-    key = bytes.fromhex("00112233445566778899aabbccddeeff000102030405060708090a0b0c0d0e0f")
-    expected = bytes.fromhex("28c9f404c4b810f4cbccb35cfb87f8263f5786e2d80ed326cbc7f0e71a99f43bfb988b9b7a02dd21")
+    kek_bytes = os.urandom(32)
     handle = token.run(
-        "importing a test vector key",
+        "importing a known test key",
         lambda s: s.create_object(
             {
                 Attribute.CLASS: ObjectClass.SECRET_KEY,
                 Attribute.KEY_TYPE: KeyType.AES,
                 Attribute.VALUE: kek_bytes,
                 Attribute.TOKEN: False,
-                Attribute.WRAP: True,
-                Attribute.UNWRAP: True,
+                Attribute.ENCRYPT: True,
+                Attribute.DECRYPT: True,
             }
         ),
     )
-    kek = HSMKey(token, "rfc3394-vector", handle)
-    assert kek.wrap(key) == expected
-    assert kek.unwrap(expected) == key
+    kek = HSMKey(token, "known-kek", handle)
+    data_key = os.urandom(32)
+    wrapped = kek.wrap(data_key)
+    iv, sealed = wrapped[:12], wrapped[12:]
+    assert AESGCM(kek_bytes).decrypt(iv, sealed, b"hpai data key for known-kek") == data_key
+    iv = os.urandom(12)
+    made_here = iv + AESGCM(kek_bytes).encrypt(iv, data_key, b"hpai data key for known-kek")
+    assert kek.unwrap(made_here) == data_key
+
+
+def test_no_plaintext_key_object_is_made_or_read(token: HSMToken, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portable pattern: C_Encrypt/C_Decrypt of data only. No key object is made through the session
+    (C_CreateObject from a plaintext, which an HSM in FIPS mode refuses), and the KEK cannot wrap or unwrap
+    key objects at all, so no unwrapped key's CKA_VALUE can be read back."""
+    import pkcs11
+
+    kek = new_kek(token)
+    used: list[str] = []
+
+    class Recording:  # the session, with every method the library code asks it for recorded
+        def __init__(self, session: object):
+            self._session = session
+
+        def __getattr__(self, name: str) -> object:
+            used.append(name)
+            return getattr(self._session, name)
+
+    monkeypatch.setattr(token, "_session", Recording(token._session))
+    data_key = os.urandom(32)
+    assert kek.unwrap(kek.wrap(data_key)) == data_key
+    assert used == [], used  # only the KEK's own encrypt and decrypt ran
+    handle = kek._handle
+    assert handle[pkcs11.Attribute.ENCRYPT] is True and handle[pkcs11.Attribute.DECRYPT] is True
+    assert handle[pkcs11.Attribute.WRAP] is False and handle[pkcs11.Attribute.UNWRAP] is False
 
 
 def test_kek_never_leaves_the_token(token: HSMToken) -> None:
@@ -103,9 +135,13 @@ def test_kek_never_leaves_the_token(token: HSMToken) -> None:
     assert handle[Attribute.NEVER_EXTRACTABLE] is True and handle[Attribute.ALWAYS_SENSITIVE] is True
     with pytest.raises(exceptions.AttributeSensitive):
         handle[Attribute.VALUE]
-    other = new_kek(token)
+    from pkcs11 import KeyType, MechanismFlag
+
+    transport = token.run(  # a key that may wrap, as one that moves keys between HSMs would be
+        "making a wrapping key", lambda s: s.generate_key(KeyType.AES, 256, capabilities=MechanismFlag.WRAP)
+    )
     with pytest.raises(exceptions.KeyUnextractable):  # not even wrapped under another key of the same token
-        other._handle.wrap_key(handle, mechanism=Mechanism.AES_KEY_WRAP)
+        transport.wrap_key(handle, mechanism=Mechanism.AES_KEY_WRAP)
     with pytest.raises(exceptions.PKCS11Error):  # CKA_EXTRACTABLE cannot be switched back on
         handle[Attribute.EXTRACTABLE] = True
     assert handle[Attribute.EXTRACTABLE] is False
@@ -116,9 +152,13 @@ def test_wrong_key_or_tampered_bytes_are_integrity_errors(token: HSMToken) -> No
     wrapped = kek.wrap(os.urandom(32))
     with pytest.raises(IntegrityError, match=other.key_id):
         other.unwrap(wrapped)
-    for bad in (wrapped[:-1] + bytes([wrapped[-1] ^ 1]), wrapped[:-8], wrapped + b"\0" * 8, wrapped[:7], b""):
+    flipped_iv = bytes([wrapped[0] ^ 1]) + wrapped[1:]
+    for bad in (wrapped[:-1] + bytes([wrapped[-1] ^ 1]), flipped_iv, wrapped[:-8], wrapped + b"\0" * 8):
         with pytest.raises(IntegrityError, match="not made by HSM key"):
             kek.unwrap(bad)
+    for short in (wrapped[:7], b"", wrapped[:43]):  # too short to hold a data key: refused before the token
+        with pytest.raises(IntegrityError, match=f"is {len(short)} bytes"):
+            kek.unwrap(short)
 
 
 def test_keys_persist_and_are_found_by_id(library: str, token: HSMToken) -> None:
@@ -168,7 +208,7 @@ def test_no_secret_in_repr_and_no_pickling(token: HSMToken) -> None:
         assert PIN not in repr(obj) and SO_PIN not in repr(obj) and PIN not in str(obj)
         with pytest.raises(TypeError, match="refuses pickling"):
             pickle.dumps(obj)
-    assert repr(kek) == f"HSMKey(key_id={kek.key_id!r}, algorithm='AES-KW-256', token='s2-keks')"
+    assert repr(kek) == f"HSMKey(key_id={kek.key_id!r}, algorithm='AES-256-GCM', token='s2-keks')"
 
 
 def test_init_token_without_softhsm_util_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
