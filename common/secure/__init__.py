@@ -24,7 +24,8 @@ only once complete, and a decrypted file only once every chunk authenticated::
 
 A keyset kept on disk (`Keyset.generate(folder, password)`, later `Keyset.load(folder, password)`)
 rotates: `keyset.rotate()` adds a new primary and `rewrap(path, keyset)` moves an artifact to it by
-rewriting its header only. Beyond the front door, each file holds one layer (module 04's README has
+rewriting its header only (the data key stays); `reencrypt(path, keyset)` gives it a new data key, what
+a compromised key calls for. Beyond the front door, each file holds one layer (module 04's README has
 the table): `envelope` (the format), `keys` and `kek` (keysets, the KEK interface), `hsm` (PKCS#11),
 `signing` (manifests), `weights` (encrypted model folders), `pickles` (refusing pickle checkpoints),
 `tls` (certificates and contexts), `errors`.
@@ -38,6 +39,7 @@ from common.secure.envelope import (
     encrypt_file,
     encrypt_stream,
     read_header,
+    reencrypt,
     rewrap,
 )
 from common.secure.errors import (
@@ -106,6 +108,7 @@ __all__ = [
     "load_public_key",
     "read_header",
     "read_verified",
+    "reencrypt",
     "refuse_pickle",
     "rewrap",
     "save_encrypted",

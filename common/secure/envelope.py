@@ -321,11 +321,15 @@ def decrypt_stream(src: Source, dst: Sink | InPlaceSink, keyset: Keyset) -> int:
     """
     header = read_header(src)
     _, keys = _open_header(header, keyset)
-    digest = hashlib.sha256(header.fixed).digest()
-    size = header.chunk_size + TAG_SIZE
     sink = dst if isinstance(dst, InPlaceSink) else _ThroughBuffer(dst, header.chunk_size)
-    total = 0
-    for index, (sealed, final) in enumerate(_double_buffered(src, size)):
+    return sum(_decrypt_chunks(src, header, keys, sink))
+
+
+def _decrypt_chunks(src: Source, header: Header, keys: _Keys, sink: InPlaceSink) -> Iterator[int]:
+    """Decrypt the chunks after `header` into `sink`, one at a time; yields each chunk's plaintext length
+    once it authenticated and was committed (a generator, so a reader can pull the plaintext lazily)."""
+    digest = hashlib.sha256(header.fixed).digest()
+    for index, (sealed, final) in enumerate(_double_buffered(src, header.chunk_size + TAG_SIZE)):
         if len(sealed) < TAG_SIZE or (final and index > 0 and len(sealed) == TAG_SIZE):
             raise IntegrityError(f"chunk {index} is truncated: the envelope was cut short")
         n = len(sealed) - TAG_SIZE
@@ -339,8 +343,32 @@ def decrypt_stream(src: Source, dst: Sink | InPlaceSink, keyset: Keyset) -> int:
                 f"{what} failed authentication: altered, reordered, truncated or from another artifact"
             ) from None
         sink.commit(n)
-        total += n
-    return total
+        yield n
+
+
+class _DecryptingReader:
+    """A `Source` of an envelope's plaintext, decrypted a chunk at a time as it is read: each chunk is
+    handed out only after its tag verified, and at most one chunk of plaintext is held."""
+
+    def __init__(self, src: Source, header: Header, keys: _Keys):
+        self._buffer = memoryview(bytearray(header.chunk_size))
+        self._start = self._end = 0
+        self._chunks = _decrypt_chunks(src, header, keys, self)
+
+    def reserve(self, n: int) -> memoryview:
+        return self._buffer[:n]
+
+    def commit(self, n: int) -> None:
+        self._start, self._end = 0, n
+
+    def readinto(self, view: memoryview) -> int:
+        while self._start == self._end:
+            if next(self._chunks, None) is None:
+                return 0
+        n = min(len(view), self._end - self._start)
+        view[:n] = self._buffer[self._start : self._start + n]
+        self._start += n
+        return n
 
 
 # -- conveniences ---------------------------------------------------------------------------------------------------
@@ -434,6 +462,27 @@ def rewrap(path: str | os.PathLike[str], keyset: Keyset) -> str:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return key_id
+
+
+def reencrypt(path: str | os.PathLike[str], keyset: Keyset) -> str:
+    """Replace an artifact by one under a *new data key*, wrapped by the keyset's primary; returns its key id.
+
+    What recovering from a compromised data key, or from a KEK that was compromised while it wrapped
+    this artifact, takes: `rewrap` keeps the data key, so anyone who learned it (or who holds any other
+    wrapping of it: a backup's header, an old keyset's key file) still decrypts the body, which `rewrap`
+    leaves byte for byte. Every chunk is decrypted (and authenticated) and encrypted again under fresh
+    keys, salt and nonces, streamed a chunk at a time, so the cost grows with the artifact. The new file
+    replaces the old one atomically, only once complete; plaintext never touches the disk.
+    """
+    path = Path(path)
+    with _naming(path), open(path, "rb") as src:
+        header = read_header(src)
+        _, keys = _open_header(header, keyset)
+        mode = stat.S_IMODE(os.fstat(src.fileno()).st_mode)
+        key_id = keyset.primary.key_id
+        with atomic_output(path, mode=mode) as dst:
+            encrypt_stream(_DecryptingReader(src, header, keys), dst, keyset, chunk_size=header.chunk_size)
     return key_id
 
 

@@ -276,7 +276,8 @@ class Keyset:
         self._persist()
 
     def retire(self, key_id: str) -> None:
-        """Remove the key for good (its PKCS#8 file is deleted); artifacts still under it become unreadable."""
+        """Remove the key for good (its PKCS#8 file is deleted). Not a shredding: a data key it wrapped stays
+        readable through any other wrapping of it (a re-wrapped copy, a backup of the keyset); `reencrypt`."""
         self._not_primary(key_id, "retire")
         entry = self._entries.pop(key_id)
         if entry.provider == LOCAL_RSA:

@@ -514,6 +514,57 @@ def test_rewrap_to_a_bigger_wrapped_key_rewrites_the_header(rsa_keys: list[Local
     assert os.listdir(tmp_path) == ["a.env"]
 
 
+def test_an_old_wrapping_still_opens_a_rewrapped_body_but_not_a_reencrypted_one(
+    rsa_keys: list[LocalRSAKey], tmp_path
+) -> None:
+    """Why retiring a KEK after `rewrap` shreds nothing: the data key is unchanged, so a backup's header
+    (the old wrapping) opens the new file's body. `reencrypt` makes a new data key, which it cannot."""
+    ks = Keyset()
+    ks.add(rsa_keys[0])
+    data = os.urandom(3 * CS + 7)
+    path = tmp_path / "a.env"
+    path.write_bytes(env.encrypt_bytes(data, ks, chunk_size=CS))
+    backup = path.read_bytes()
+    old_header = backup[: env.read_header(io.BytesIO(backup)).length]
+    ks.rotate(rsa_keys[1])
+    env.rewrap(path, ks)
+    rewrapped = path.read_bytes()
+    assert env.decrypt_bytes(old_header + rewrapped[len(old_header) :], ks) == data  # old wrapping, new file's body
+    assert env.reencrypt(path, ks) == rsa_keys[1].key_id
+    renewed = path.read_bytes()
+    new_header = env.read_header(io.BytesIO(renewed))
+    assert env.decrypt_bytes(renewed, ks) == data and new_header.chunk_size == CS
+    assert new_header.salt != env.read_header(io.BytesIO(backup)).salt
+    assert rewrapped[len(old_header) :] != renewed[new_header.length :]  # the body changed...
+    with pytest.raises(IntegrityError, match="chunk 0 failed"):  # ... and the old data key no longer opens it
+        env.decrypt_bytes(old_header + renewed[new_header.length :], ks)
+    assert os.listdir(tmp_path) == ["a.env"]  # no plaintext or temp file left behind
+
+
+@pytest.mark.parametrize("n", [0, 1, CS, 4 * CS + 1])
+def test_reencrypt_round_trips_any_size_and_keeps_the_mode(keyset: Keyset, tmp_path, n: int) -> None:
+    data = os.urandom(n)
+    path = tmp_path / "a.env"
+    path.write_bytes(env.encrypt_bytes(data, keyset, chunk_size=CS))
+    path.chmod(0o640)
+    before = path.read_bytes()
+    env.reencrypt(path, keyset)
+    assert env.decrypt_bytes(path.read_bytes(), keyset) == data and path.read_bytes() != before
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_reencrypt_refuses_a_damaged_artifact_and_leaves_it(keyset: Keyset, tmp_path) -> None:
+    """A chunk that fails authentication stops the re-encryption: the file stays as it was, no partial copy."""
+    sealed = env.encrypt_bytes(os.urandom(4 * CS), keyset, chunk_size=CS)
+    header = env.read_header(io.BytesIO(sealed))
+    path = tmp_path / "a.env"
+    path.write_bytes(flipped(sealed, header.length + 2 * (CS + env.TAG_SIZE) + 3))  # inside chunk 2
+    before = path.read_bytes()
+    with pytest.raises(IntegrityError, match=r"a\.env: chunk 2 failed authentication"):
+        env.reencrypt(path, keyset)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["a.env"]
+
+
 # -- cost ------------------------------------------------------------------------------------------------------------
 class _Null:
     def write(self, data: memoryview) -> int:
