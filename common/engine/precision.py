@@ -39,8 +39,10 @@ def apply_precision(module: nn.Module, precision: str, device: Device) -> nn.Mod
         return module.to(torch.float16)
     if precision == "int8":
         # Linear weights stored as int8 with a per-tensor scale; activations are
-        # quantised on the fly per batch. torch.ao warns that torchao succeeds it;
-        # its CPU kernels are still the ones shipped in the torch wheel.
+        # quantised on the fly per batch, multiplied by fbgemm's int8 kernels. torch.ao
+        # warns that torchao succeeds it, but torchao's eager int8 path multiplies with
+        # torch._int_mm, a scalar loop on CPUs without AVX512-VNNI (40x slower on MiniLM):
+        # modules/00_design/README.md says why, tests/engine/test_precision.py pins it.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
