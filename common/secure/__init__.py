@@ -27,7 +27,7 @@ rotates: `keyset.rotate()` adds a new primary and `rewrap(path, keyset)` moves a
 rewriting its header only (the data key stays); `reencrypt(path, keyset)` gives it a new data key, what
 a compromised key calls for. Beyond the front door, each file holds one layer (module 04's README has
 the table): `envelope` (the format), `keys` and `kek` (keysets, the KEK interface), `hsm` (PKCS#11),
-`signing` (manifests), `weights` (encrypted model folders), `pickles` (refusing pickle checkpoints),
+`signing` (manifests), `weights` (encrypted model folders), `memory` (secrets in memory), `pickles` (refusing pickle checkpoints),
 `tls` (certificates and contexts), `errors`.
 """
 
@@ -56,6 +56,7 @@ from common.secure.errors import (
 )
 from common.secure.kek import KeyEncryptionKey
 from common.secure.keys import Keyset, LocalRSAKey
+from common.secure.memory import mapping_flags, memory_exposure
 from common.secure.pickles import refuse_pickle
 from common.secure.signing import (
     generate_signing_key,
@@ -106,6 +107,8 @@ __all__ = [
     "load_model_folder",
     "load_private_key",
     "load_public_key",
+    "mapping_flags",
+    "memory_exposure",
     "read_header",
     "read_verified",
     "reencrypt",

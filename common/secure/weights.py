@@ -171,7 +171,8 @@ class _MemoryWriter:
     transparent huge pages (MADV_HUGEPAGE, which the kernel may ignore): fresh 4 KiB pages measured
     ~33 ms for 96 MiB, 2 MiB pages ~8 ms (with the kernel's default `defrag=madvise`, a rare load may
     wait on compaction instead). Where the kernel lacks MADV_POPULATE_WRITE, the whole buffer is
-    pre-faulted at the start (MAP_POPULATE), as before.
+    pre-faulted at the start (MAP_POPULATE), as before. The mapping is left out of core dumps
+    (MADV_DONTDUMP): a crash must not write the plaintext weights to disk.
     """
 
     def __init__(self, capacity: int):
@@ -183,6 +184,9 @@ class _MemoryWriter:
                 if HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE"):
                     with contextlib.suppress(OSError):  # a kernel without THP: 4 KiB pages, still correct
                         memory.madvise(mmap.MADV_HUGEPAGE)
+                if hasattr(mmap, "MADV_DONTDUMP"):  # plaintext weights stay out of core dumps (secure.memory)
+                    with contextlib.suppress(OSError):
+                        memory.madvise(mmap.MADV_DONTDUMP)
                 memory.madvise(MADV_POPULATE_WRITE, 0, min(POPULATE_STEP, capacity))
                 self._populated, self._ahead = min(POPULATE_STEP, capacity), memory
             except (OSError, ValueError, AttributeError):
