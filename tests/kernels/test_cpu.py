@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import llvmlite.binding  # type: ignore[import-untyped]  # llvmlite ships no type stubs
 import numba
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit, types
 
+from common.device import cpu_flags
 from common.kernels import reference
 from common.kernels.analysis import simd
 from common.kernels.backends import numba_cpu
@@ -130,6 +133,29 @@ def test_instruction_counting_reads_att_syntax() -> None:
         "<8 x float>": 2,
         "<4 x double>": 1,
     }
+
+
+def test_widest_packed_register_reads_the_arithmetic_not_the_moves() -> None:
+    asm = (
+        "\tvmovups\t(%rax), %zmm0\n"  # a move, not arithmetic: does not count
+        "\tvfmadd231ps\t%ymm1, %ymm2, %ymm0\n\tvmulps\t%xmm1, %xmm2, %xmm0\n\tvaddpd\t%zmm1, %zmm2, %zmm0\n"
+    )
+    assert simd.widest_packed_register(asm) == "ymm"  # float32
+    assert simd.widest_packed_register(asm, "pd") == "zmm"
+    assert simd.widest_packed_register("\tvmulss\t%xmm1, %xmm2, %xmm0\n") is None
+    assert [simd.float32_lanes(r) for r in ("xmm", "ymm", "zmm", None)] == [4, 8, 16, 1]
+    with pytest.raises(ValueError, match="precision"):
+        simd.widest_packed_register(asm, "float")
+
+
+def test_the_emitted_width_is_one_the_cpu_has() -> None:
+    """LLVM may choose narrower vectors than the CPU has (prefer-256-bit on Intel AVX-512), never wider."""
+    _compiled_examples()
+    widest = simd.widest_packed_register(simd.assembly(simd_examples.multiply_add))
+    flags = cpu_flags()
+    allowed = {"xmm"} | ({"ymm"} if "avx" in flags else set()) | ({"zmm"} if "avx512f" in flags else set())
+    assert widest in allowed, (widest, simd.target_cpu())
+    assert simd.target_cpu() == (os.environ.get("NUMBA_CPU_NAME") or llvmlite.binding.get_host_cpu_name())
 
 
 def test_inspecting_needs_one_signature_or_an_explicit_one() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +35,23 @@ def f32(*shape: int) -> np.ndarray:
 def close(got: np.ndarray, want: np.ndarray, reduction: int = 1) -> None:
     rtol, atol = tolerance("float32", reduction)
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+# --- Which CUDA target Numba runs -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="numba-cuda has no macOS wheels: numba's built-in target stays")
+def test_numba_cuda_is_nvidias_package_not_the_deprecated_built_in_target():
+    """numba-cuda's import redirector (a .pth file) serves `numba.cuda` from the numba_cuda package.
+
+    If it is not installed, or numba stops honouring the redirect, `numba.cuda` is numba's own deprecated
+    copy again ("Built-in"), and this fails before any kernel silently runs on it.
+    """
+    import numba_cuda  # type: ignore[import-untyped]  # numba-cuda ships no type stubs
+    from numba import cuda
+
+    assert cuda.implementation == "NVIDIA", cuda.implementation
+    assert Path(cuda.__file__).is_relative_to(Path(numba_cuda.__file__).parent), cuda.__file__
 
 
 # --- Numba CUDA: each kernel against NumPy, tiny launches ----------------------------------------------

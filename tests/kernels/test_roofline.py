@@ -71,3 +71,35 @@ def test_memory_bound_ops_sit_left_of_any_realistic_ridge():
         assert roofline.intensity(name, *args[name]) < 2.0, name  # CPU ridges are ~5-20 FLOP/byte, GPU ~10-300
     big = np.ones((1024, 1024), np.float32)
     assert roofline.intensity("matmul", big, big) > 100  # n/6 FLOP per byte for square fp32
+
+
+@pytest.mark.parametrize(("n", "d", "block_q"), [(64, 16, 32), (100, 8, 32), (300, 64, 128)])
+def test_attention_traffic_counts_what_each_loop_reads_and_writes(n, d, block_q):
+    """Counted independently by walking the loops: naive's three passes over the scores, flash's query blocks
+    that each stream every key tile of k and v (a ragged last block still reads all of k and v)."""
+    heads, item, block_k = 3, 4, 16
+    naive = n * d * 2 + n * n + (n * n * 2) + (n * n + n * d) + n * d  # q,k -> s; softmax in place; p,v -> out
+    flash = 0
+    for start in range(0, n, block_q):
+        rows = min(block_q, n - start)
+        flash += rows * d  # the query block
+        for key in range(0, n, block_k):
+            flash += 2 * min(block_k, n - key) * d  # its k and v tile
+        flash += rows * d  # the output block
+    assert roofline.attention_traffic("naive", heads, n, d, block_q=block_q) == heads * naive * item
+    assert roofline.attention_traffic("flash", heads, n, d, block_q=block_q) == heads * flash * item
+
+
+def test_attention_traffic_grows_as_n_squared_and_flash_wins_only_with_wide_query_tiles():
+    def ratio(algorithm, block_q):
+        big, small = (roofline.attention_traffic(algorithm, 1, n, 64, block_q=block_q) for n in (8192, 4096))
+        return big / small
+
+    assert ratio("naive", 32) == pytest.approx(4, rel=0.01) and ratio("flash", 32) == pytest.approx(4, rel=0.01)
+    naive = roofline.attention_traffic("naive", 1, 8192, 64)
+    assert roofline.attention_traffic("flash", 1, 8192, 64, block_q=128) < naive / 3  # 2d/128 = 1 against 4
+    assert roofline.attention_traffic("flash", 1, 8192, 64, block_q=16) > naive  # 2d/16 = 8 against 4
+    with pytest.raises(ValueError, match="algorithm"):
+        roofline.attention_traffic("paged", 1, 8, 8)
+    with pytest.raises(ValueError, match="block_q"):
+        roofline.attention_traffic("flash", 1, 8, 8, block_q=0)

@@ -64,3 +64,24 @@ def achieved_gflops(op: str, seconds: float, *arrays: Any, causal: bool = False)
 def intensity(op: str, *arrays: Any, causal: bool = False) -> float:
     """FLOPs per byte moved at the minimum traffic: left of the ridge means memory-bound."""
     return flops(op, *arrays, causal=causal) / min_bytes(op, *arrays)
+
+
+def attention_traffic(algorithm: str, heads: int, n: int, d: int, *, block_q: int = 32, itemsize: int = 4) -> int:
+    """Bytes attention moves to and from main memory for `heads` heads of `n` tokens of dimension `d`, counted as
+    the flash-attention paper counts HBM accesses (Dao et al. 2022, section 3.2), with nothing kept in cache
+    between passes.
+
+    naive writes the n x n scores, the softmax reads and rewrites them, `p @ v` reads them: 4 n^2 per head, on
+    top of reading q, k, v and writing the output (4 n d). flash never stores scores; a block of `block_q` query
+    rows reads all of k and v, so k and v are read n / block_q times: 2 n d (q, out) + 2 n d ceil(n / block_q).
+    Both grow as n^2; flash's factor is 2 d / block_q against naive's 4, so flash moves fewer bytes only when its
+    query tile is more than d / 2 rows, which is what a larger on-chip memory buys (the paper's Theta(N^2 d^2 / M)).
+    """
+    if algorithm not in ("naive", "flash"):
+        raise ValueError(f"algorithm must be 'naive' or 'flash', got {algorithm!r}")
+    for name, value in (("heads", heads), ("n", n), ("d", d), ("block_q", block_q), ("itemsize", itemsize)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if algorithm == "naive":
+        return heads * (4 * n * d + 4 * n * n) * itemsize
+    return heads * (2 * n * d + 2 * n * d * -(-n // block_q)) * itemsize

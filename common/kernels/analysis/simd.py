@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from numba import jit
+from numba.core import config
 
 # Floating-point arithmetic, not data movement: a vmovups copies lanes but computes nothing, and
 # vxorps xmm0, xmm0 is how compilers zero a scalar register.
@@ -93,6 +94,38 @@ def llvm_vector_types(ir: str) -> Counter[str]:
 def vector_lanes(ir: str, element: str = "float") -> int:
     """The widest vector of `element` ('float', 'double') in the IR: 16 for AVX-512 float32, 1 if none."""
     return max((int(n) for n, t in _VECTOR_TYPE.findall(ir) if t == element), default=1)
+
+
+# Bits per register: a float32 lane is 32 of them.
+REGISTER_BITS = {"xmm": 128, "ymm": 256, "zmm": 512}
+
+
+def widest_packed_register(asm: str, precision: str = "ps") -> str | None:
+    """The widest register ('xmm', 'ymm', 'zmm') that packed arithmetic of `precision` ('ps' float32, 'pd'
+    float64) in `asm` used, or None if there is none.
+
+    This is what the code does, which the CPU's flags alone do not say: with AVX-512, LLVM still picks
+    256-bit ymm vectors for loops on Intel's cores it tunes with `prefer-256-bit` (Skylake-SP to Sapphire
+    Rapids) and 512-bit zmm ones on AMD Zen 4, whose tuning lacks it.
+    """
+    if precision not in ("ps", "pd"):
+        raise ValueError(f"precision must be 'ps' (float32) or 'pd' (float64), got {precision!r}")
+    widths = [key.split()[1] for key in packed_simd_instructions(asm) if key.split()[0].endswith(precision)]
+    registers = [w for w in widths if w in _WIDTH]
+    return max(registers, key=_WIDTH.__getitem__) if registers else None
+
+
+def float32_lanes(register: str | None) -> int:
+    """float32 numbers one instruction works on in `register` ('ymm': 8); 1 for None (scalar code)."""
+    return REGISTER_BITS[register] // 32 if register else 1
+
+
+def target_cpu() -> str:
+    """The CPU name Numba tells LLVM to compile and tune for: the host's (e.g. 'skylake-avx512', 'znver2'),
+    unless NUMBA_CPU_NAME sets another."""
+    import llvmlite.binding as llvm  # type: ignore[import-untyped]  # llvmlite ships no type stubs
+
+    return config.CPU_NAME or llvm.get_host_cpu_name()  # type: ignore[attr-defined]  # numba's config sets its names at import
 
 
 def parallel_loops(fn: Any, signature: Any = None) -> int:
