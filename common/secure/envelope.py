@@ -71,6 +71,9 @@ DEFAULT_SLOT_SIZE = 1024  # room for an RSA-4096 wrapped key and a long id, so r
 TAG_SIZE = 16
 HEADER_TAG_SIZE = 32
 MAX_CHUNKS = 1 << 32  # the nonce counter is 32 bits
+# AES-GCM's confidentiality bound grows with the blocks sealed under one key, about blocks^2 / 2^129
+# (draft-irtf-cfrg-aead-limits): 2^38 bytes keeps it below 2^-61, near TLS 1.3's 2^24.5 records of 16 KiB per key
+MAX_BYTES_PER_KEY = 1 << 38  # 256 GiB
 
 _FIXED = struct.Struct(">8sBBI32s8s32s")  # magic, version, algorithm, chunk size, salt, nonce prefix, commitment
 FIXED_SIZE = _FIXED.size  # 86
@@ -275,9 +278,14 @@ def encrypt_stream(
     total = 0
     for index, (chunk, final) in enumerate(_double_buffered(src, chunk_size)):
         sealed = memoryview(out)[: len(chunk) + TAG_SIZE]
+        total += len(chunk)
+        if total > MAX_BYTES_PER_KEY:
+            raise SecureError(
+                f"more than {MAX_BYTES_PER_KEY / 2**30:g} GiB under one data key weakens AES-GCM's confidentiality "
+                "bound: split the artifact"
+            )
         keys.chunk.encrypt_into(_nonce(prefix, index), chunk, _aad(digest, index, final), sealed)
         dst.write(sealed)
-        total += len(chunk)
     return total
 
 

@@ -565,6 +565,16 @@ def test_reencrypt_refuses_a_damaged_artifact_and_leaves_it(keyset: Keyset, tmp_
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["a.env"]
 
 
+def test_an_artifact_beyond_the_per_key_data_limit_is_refused(keyset: Keyset, monkeypatch, tmp_path) -> None:
+    """AES-GCM's bound on data under one key: the envelope refuses to seal more (the limit made small here)."""
+    monkeypatch.setattr(env, "MAX_BYTES_PER_KEY", 3 * CS)
+    assert env.decrypt_bytes(env.encrypt_bytes(bytes(3 * CS), keyset, chunk_size=CS), keyset) == bytes(3 * CS)
+    (tmp_path / "big").write_bytes(bytes(3 * CS + 1))
+    with pytest.raises(SecureError, match=r"under one data key .* split the artifact"):
+        env.encrypt_file(tmp_path / "big", tmp_path / "big.env", keyset, chunk_size=CS)
+    assert sorted(os.listdir(tmp_path)) == ["big"]  # nothing half-written is left
+
+
 # -- cost ------------------------------------------------------------------------------------------------------------
 class _Null:
     def write(self, data: memoryview) -> int:
