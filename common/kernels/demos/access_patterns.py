@@ -34,21 +34,22 @@ def tile_rows(x, out):
     out[ty, tx] = tile[ty, tx]
 
 
-@cuda.jit
-def tile_columns(x, out):
-    """The same slab stored down tile columns: a warp's 32 words are 32 floats apart, all in one bank."""
-    tile = cuda.shared.array((TILE, TILE), float32)
+@cuda.jit(device=True)
+def _through_columns(tile, x, out):
+    """Store the slab down the tile's columns (thread tx of a warp writes row tx), then read it back the same way."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     tile[tx, ty] = x[ty, tx]
     cuda.syncthreads()
     out[ty, tx] = tile[tx, ty]
+
+
+@cuda.jit
+def tile_columns(x, out):
+    """The same slab stored down tile columns: a warp's 32 words are 32 floats apart, all in one bank."""
+    _through_columns(cuda.shared.array((TILE, TILE), float32), x, out)
 
 
 @cuda.jit
 def tile_columns_padded(x, out):
     """Columns of a tile one float wider (TILE + 1): word tx * 33 + ty lands in bank (tx + ty) % 32, all different."""
-    tile = cuda.shared.array((TILE, TILE + 1), float32)
-    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    tile[tx, ty] = x[ty, tx]
-    cuda.syncthreads()
-    out[ty, tx] = tile[tx, ty]
+    _through_columns(cuda.shared.array((TILE, TILE + 1), float32), x, out)
