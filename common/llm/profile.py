@@ -75,17 +75,27 @@ def quantisation_table(
     *,
     names: Sequence[Variant] = tuple(VARIANTS),
     context: int = 64,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
     """One row per quantised variant of `model` (`names` of `quantize.VARIANTS`): the MB a decode step reads
     per token, the held-out perplexity (when `heldout` token ids are given) and the batch-1 decode step's
-    median time after `context` tokens, as ms per token and tokens/s."""
-    rows = []
-    for name in names:
-        m = variant(model, name)
-        row: dict[str, Any] = {"variant": name, "MB read per token": read_bytes_per_token(m) / 1e6}
+    median time after `context` tokens, as ms per token and tokens/s.
+
+    With `rounds` > 1 the variants are timed in turn, round after round, and each reports the median of its
+    rounds: on a shared machine a slow moment then hits every variant alike, not only the one being timed."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    models = {name: variant(model, name) for name in names}
+    rows = {}
+    for name, m in models.items():
+        rows[name] = {"variant": name, "MB read per token": read_bytes_per_token(m) / 1e6}
         if heldout is not None:
-            row["perplexity"] = perplexity(m, heldout)
-        seconds = step_seconds(m, "static", context, steps=8)
+            rows[name]["perplexity"] = perplexity(m, heldout)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, m in models.items():
+            times[name].append(step_seconds(m, "static", context, steps=8))
+    for name, row in rows.items():
+        seconds = statistics.median(times[name])
         row |= {"ms per token": 1e3 * seconds, "tokens/s": 1 / seconds}
-        rows.append(row)
-    return rows
+    return list(rows.values())

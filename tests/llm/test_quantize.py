@@ -104,3 +104,22 @@ def test_the_quantisation_table_reports_each_variants_bytes_perplexity_and_step_
     assert abs(rows["int8"]["perplexity"] / rows["fp32"]["perplexity"] - 1) < 0.01
     assert rows["int4 g32"]["perplexity"] != rows["fp32"]["perplexity"], "the int4 row measured the int4 model"
     assert "perplexity" not in profile.quantisation_table(model, names=("int8",))[0]
+
+
+def test_the_quantisation_table_times_the_variants_in_turn_and_reports_each_ones_median(model, monkeypatch):
+    from common.llm import profile
+    from common.llm.quantize import read_bytes_per_token
+
+    order, slow = [], iter([5.0, 1.0, 1.0, 1.0, 1.0, 9.0])  # one slow moment in each variant's rounds
+
+    def fake_step_seconds(m, mode, context, *, steps):
+        order.append(read_bytes_per_token(m))
+        return next(slow)
+
+    monkeypatch.setattr(profile, "step_seconds", fake_step_seconds)
+    rows = profile.quantisation_table(model, names=("fp32", "int8"), rounds=3)
+    fp32, int8 = order[0], order[1]
+    assert order == [fp32, int8] * 3, "round after round, each variant in turn"
+    assert [r["ms per token"] for r in rows] == [1e3, 1e3], "each the median of its three rounds"
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        profile.quantisation_table(model, rounds=0)
