@@ -165,10 +165,11 @@ class Bf16Route:
     """Which kernel a bf16 matrix multiply takes on this CPU, and what that costs against fp32.
 
     PyTorch sends a bf16 matmul to oneDNN when oneDNN supports bf16 here: with the bf16 instructions
-    (`avx512_bf16`, AMX, Arm BF16) it multiplies in bf16 natively; with AVX-512 BW/VL/DQ but no bf16
-    instructions it converts to fp32 inside its vectorised kernel, a little slower than fp32. Without
-    AVX-512 (AVX2-only parts such as AMD Zen 2) torch falls back to a generic kernel that converts
-    element by element, tens to a hundred times slower than fp32. (ATen: `mkldnn_bf16_device_check`.)
+    (`avx512_bf16`, AMX, Arm BF16) it multiplies in bf16 natively; with AVX-512 BW/VL/DQ (or AVX-NE-CONVERT
+    on the newest Intel client chips) but no bf16 arithmetic it converts to fp32 inside its vectorised
+    kernel, a little slower than fp32. Otherwise (AVX2-only parts such as AMD Zen 2) torch falls back to a
+    generic kernel that converts element by element, tens to a hundred times slower than fp32. The route
+    is read from oneDNN's own answer (ATen: `mkldnn_bf16_device_check`), not guessed from the flags.
     """
 
     route: str  # "native", "onednn-emulated" or "fallback"
@@ -188,11 +189,13 @@ def bf16_matmul_route() -> Bf16Route:
     if onednn:
         return Bf16Route(
             "onednn-emulated",
-            "no bf16 instructions, but AVX-512: oneDNN widens bf16 to fp32 inside its kernel, a little slower than fp32",
+            "no bf16 arithmetic, but oneDNN supports bf16 here (AVX-512 or AVX-NE-CONVERT): it widens bf16 to fp32"
+            " inside its kernel, a little slower than fp32",
         )
     return Bf16Route(
         "fallback",
-        "no bf16 instructions and no AVX-512: torch's generic kernel converts each element, many times slower than fp32",
+        "no bf16 instructions and no oneDNN bf16 support (no AVX-512): torch's generic kernel converts each"
+        " element, many times slower than fp32",
     )
 
 
