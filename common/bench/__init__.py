@@ -9,6 +9,7 @@ which survive noise far better than absolute times.
 - `ceilings`: `machine_ceilings` (copy bandwidth and matmul FLOP/s), `Ceilings`, the roofline
 - `plots`: `plot_timings`, `plot_roofline`, `labelled_barh`, `save_figure`
 - `report`: `save_results`, `print_targets`
+- `load`: `core_load`, how many cores other processes took while something was measured
 - `claims`: `at_least`, `at_most`: a notebook's timing claim checked, printed with its margin
 """
 
@@ -22,6 +23,7 @@ from common.bench.ceilings import (
     measure_matmul,
 )
 from common.bench.claims import Claim, ClaimFailed, at_least, at_most
+from common.bench.load import CoreLoad, core_load
 from common.bench.memory import (
     LeakReport,
     MemoryUsage,
@@ -41,6 +43,7 @@ __all__ = [
     "Claim",
     "ClaimFailed",
     "Comparison",
+    "CoreLoad",
     "LeakReport",
     "MemoryUsage",
     "ProcessMemory",
@@ -50,6 +53,7 @@ __all__ = [
     "bandwidth_gbs",
     "ceilings_row",
     "compare",
+    "core_load",
     "labelled_barh",
     "leak_check",
     "machine_ceilings",
