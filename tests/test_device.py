@@ -148,7 +148,14 @@ def test_bf16_route_says_what_a_bf16_matmul_costs_here():
     route = device.bf16_matmul_route()
     a32, b32 = torch.randn(256, 256), torch.randn(256, 256)
     a16, b16 = a32.bfloat16(), b32.bfloat16()
-    ratio = bench.compare(lambda: a16 @ b16, lambda: a32 @ b32, repeat=5).speedup  # bf16 time / fp32 time
+    # on one thread: with two, a 0.2 ms fp32 matmul waits at OpenMP's barrier for a thread the other test
+    # worker descheduled (a scheduler tick, ms), which once in CI made fp32 look as slow as the fallback (2.0x)
+    threads = device.thread_count()
+    device.set_thread_count(1)
+    try:
+        ratio = bench.compare(lambda: a16 @ b16, lambda: a32 @ b32, repeat=5).speedup  # bf16 time / fp32 time
+    finally:
+        device.set_thread_count(threads)
     if route.slow:  # generic fallback: measured 40-100x on Zen 2
         assert ratio > 5, f"{route}: bf16 took only {ratio:.1f}x fp32"
     else:  # native or emulated in oneDNN: measured 0.5-1.6x

@@ -170,13 +170,17 @@ def test_a_compiled_decode_step_generates_what_eager_generates(models):
     first = step.compile_seconds
     assert first is not None
     graphs = counters["stats"]["unique_graphs"]
-    t0 = time.perf_counter()
-    again = generate(model, [[7, 7, 7, 7, 7], [1, 2]], max_new_tokens=12, compile=True)  # same shapes
-    reused = time.perf_counter() - t0
+    reused = []
+    for _ in range(3):  # the fastest of three: one generation can stall behind another process (4 s once in CI)
+        t0 = time.perf_counter()
+        again = generate(model, [[7, 7, 7, 7, 7], [1, 2]], max_new_tokens=12, compile=True)  # same shapes
+        reused.append(time.perf_counter() - t0)
     assert counters["stats"]["unique_graphs"] == graphs, "the compiled step was reused, not compiled again"
     assert step.compile_seconds == first and len(again) == 2
-    # the recorded cost is the compiling: seconds, where a whole generation on the compiled step takes ms
-    assert first > 5 * reused, f"first call {first:.3f} s, a whole generation after it {reused:.3f} s"
+    # the recorded cost is the compiling: seconds (1.6-2.8 s measured, cache warm), where a whole generation on
+    # the compiled step takes ms (8 ms measured)
+    fastest = min(reused)
+    assert first > 5 * fastest, f"first call {first:.3f} s, a whole generation after it {fastest:.3f} s"
 
 
 def test_the_compile_mode_asks_for_cuda_graphs_on_a_gpu_and_the_default_on_a_cpu(models):
