@@ -29,7 +29,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab serve test test-unit test-notebooks html bench model perf-gate lint format strip clean lock
+.PHONY: help setup lab serve test test-unit test-notebooks html bench model perf-gate lint format strip clean lock assign grade hub
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
