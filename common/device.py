@@ -6,12 +6,14 @@ laptop with no CUDA driver, no CuPy and no GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import platform
 import sys
 from dataclasses import dataclass
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Literal
 
@@ -111,6 +113,29 @@ def set_thread_count(n: int) -> None:
     if not 1 <= n <= 4 * cores:
         raise ValueError(f"thread count must be between 1 and {4 * cores} on this {cores}-core machine, got {n}")
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run a block on `n` torch threads (and `n` Numba threads, if Numba is loaded), then restore both.
+
+    Timing on one thread is what survives a shared machine: a parallel op waits at each of its barriers for
+    its slowest thread, and when another process holds a core that thread waits a scheduler tick (ms) for a
+    turn: in one busy run a batch-8 decode step on 2 threads took 19x a batch-1 step (3x on one thread). One
+    thread has a core to itself on any machine with two.
+    """
+    before = thread_count()
+    numba = sys.modules.get("numba")
+    numba_before = numba.get_num_threads() if numba is not None else None
+    set_thread_count(n)
+    if numba is not None:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if numba is not None and numba_before is not None:
+            numba.set_num_threads(numba_before)
 
 
 @dataclass(frozen=True)

@@ -150,12 +150,8 @@ def test_bf16_route_says_what_a_bf16_matmul_costs_here():
     a16, b16 = a32.bfloat16(), b32.bfloat16()
     # on one thread: with two, a 0.2 ms fp32 matmul waits at OpenMP's barrier for a thread the other test
     # worker descheduled (a scheduler tick, ms), which once in CI made fp32 look as slow as the fallback (2.0x)
-    threads = device.thread_count()
-    device.set_thread_count(1)
-    try:
+    with device.threads(1):
         ratio = bench.compare(lambda: a16 @ b16, lambda: a32 @ b32, repeat=5).speedup  # bf16 time / fp32 time
-    finally:
-        device.set_thread_count(threads)
     if route.slow:  # generic fallback: measured 40-100x on Zen 2
         assert ratio > 5, f"{route}: bf16 took only {ratio:.1f}x fp32"
     else:  # native or emulated in oneDNN: measured 0.5-1.6x
@@ -167,3 +163,14 @@ def test_bf16_route_falls_back_without_avx512(monkeypatch):
     assert device.bf16_matmul_route().route == "native"
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2"}))
     assert device.bf16_matmul_route().route in {"onednn-emulated", "fallback"}  # oneDNN asks the CPU itself
+
+
+def test_threads_sets_torch_and_numba_for_a_block_and_restores_them_after_an_error():
+    before, numba_before = device.thread_count(), numba.get_num_threads()
+    with pytest.raises(KeyError), device.threads(1):
+        assert (device.thread_count(), numba.get_num_threads()) == (1, 1)
+        raise KeyError("inside the block")
+    assert (device.thread_count(), numba.get_num_threads()) == (before, numba_before)
+    with pytest.raises(ValueError, match="thread count must be between 1"), device.threads(0):
+        pass
+    assert device.thread_count() == before
