@@ -12,8 +12,8 @@ import importlib.util
 import os
 import platform
 import sys
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
