@@ -79,7 +79,7 @@ test-notebooks: $(STAMP) ## execute notebooks under nbval (M=03 for one module)
 
 html: $(STAMP) ## execute every notebook to HTML under build/ (M=03 for one module)
 	@mkdir -p build
-	@for nb in $$(find $(NOTEBOOK_DIRS) -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort); do \
+	@for nb in $$(find $(NOTEBOOK_DIRS) -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -path '*/exercises/exercises.ipynb' | sort); do \
 		out=build/$$(dirname $$nb); mkdir -p $$out; \
 		echo "executing $$nb"; \
 		(cd $$(dirname $$nb) && $(CURDIR)/$(BIN)/jupyter nbconvert --to html --execute \
@@ -94,6 +94,28 @@ model: $(STAMP) ## retrain the shipped default LLM (common/llm/default_model) fr
 
 perf-gate: $(STAMP) ## fail when batched/unbatched server throughput drops under 2x
 	$(BIN)/python -m benchmarks.perf_gate
+
+# Exercises (modules/00_design/README.md): each module's master notebook, exercises/solutions/exercises.ipynb,
+# makes the student copy (committed: modules/NN_topic/exercises/) and the autograder copy with autograder.zip
+# (build/exercises/NN_topic/). Grading runs each notebook in its own process, stopped after TIMEOUT seconds.
+SUBMISSIONS ?=
+OUT ?=
+TIMEOUT ?=
+EXERCISES := $(BIN)/python -c 'import sys; from common.course.exercises import main; sys.exit(main(sys.argv[1:]))'
+ifneq ($(filter grade,$(MAKECMDGOALS)),)
+ifeq ($(strip $(M)),)
+$(error make grade needs the module and the folder of notebooks, e.g. make grade M=00 SUBMISSIONS=path/to/notebooks)
+endif
+ifeq ($(strip $(SUBMISSIONS)),)
+$(error make grade needs SUBMISSIONS, the folder of submitted notebooks (one <learner>.ipynb each), e.g. make grade M=$(M) SUBMISSIONS=path/to/notebooks)
+endif
+endif
+
+assign: $(STAMP) ## student + autograder copies of the exercises (M=00: one module); checks the solutions score 100%
+	$(EXERCISES) assign $(M)
+
+grade: $(STAMP) ## grade M=00 SUBMISSIONS=dir into scores.csv + feedback/ (OUT=build/grades/NN_topic, TIMEOUT=300 s each)
+	$(EXERCISES) grade $(M) $(SUBMISSIONS) $(if $(OUT),--out $(OUT)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 lint: $(STAMP) ## ruff check, format check and the type checker (mypy over common/ and benchmarks/)
 	$(BIN)/ruff check .
