@@ -8,6 +8,7 @@ the handlers here give each its status. A refused request is also counted, by re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
@@ -136,7 +137,8 @@ async def _invalid_input(request: Request, exc: Exception) -> Response:
 
 async def _queue_full(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, QueueFull)  # counted by the batcher
-    return error_response(429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+    # Retry-After is whole seconds (RFC 9110): round up, so a client never comes back before it was told to
+    return error_response(429, str(exc), headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
 
 
 async def _deadline(request: Request, exc: Exception) -> Response:

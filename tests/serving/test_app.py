@@ -282,6 +282,19 @@ def test_a_full_queue_answers_429_with_retry_after_at_once():
     assert busy.runtime.batches == [1, 1], "the refused request never reached the model"
 
 
+@pytest.mark.parametrize(("retry_after_s", "header"), [(1.2, "2"), (0.3, "1"), (3.0, "3")])
+def test_retry_after_is_rounded_up_to_whole_seconds(retry_after_s, header):
+    """A client told a fractional wait, rounded down, would come back before the server expects it."""
+    import asyncio
+
+    from common.serving.batcher import QueueFull
+    from common.serving.errors import _queue_full
+
+    response = asyncio.run(_queue_full(None, QueueFull(4, retry_after_s)))  # type: ignore[arg-type]
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == header
+
+
 def test_a_request_past_its_deadline_gets_504_while_the_model_is_still_busy():
     with Busy(request_timeout_s=0.3) as busy:
         started = time.monotonic()
