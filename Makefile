@@ -52,6 +52,37 @@ lab: $(STAMP) ## start JupyterLab on the course (PORT=8888); prints the URL
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=$(CURDIR) \
 		$$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+# JupyterHub for a class on this machine (docs/instructors.md). Learners log in with their own password
+# (HUB_DIR/passwords, mode 0600); as root each gets a Unix account. The printed link (nbgitpuller) puts the
+# course (HUB_REPO, HUB_BRANCH: this checkout and its branch by default) in each learner's home.
+# configurable-http-proxy, the hub's front door, is a Node program: npm installs the versions that
+# requirements/hub/package-lock.json pins, once, into build/hub.
+HUB_USERS ?=
+HUB_DIR ?= build/hub
+HUB_IP ?= 0.0.0.0
+HUB_REPO ?= $(CURDIR)
+HUB_BRANCH ?=
+HUB_ISOLATION ?= auto
+HUB_PROXY := build/hub/node_modules/.bin/configurable-http-proxy
+ifneq ($(filter hub,$(MAKECMDGOALS)),)
+ifeq ($(strip $(HUB_USERS)),)
+$(error make hub needs the class's user names, e.g. make hub HUB_USERS=ada,alan (each gets a password in $(HUB_DIR)/passwords))
+endif
+endif
+
+$(HUB_PROXY): requirements/hub/package.json requirements/hub/package-lock.json
+	@command -v npm >/dev/null || { echo "make hub needs Node.js and npm for configurable-http-proxy (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	@mkdir -p build/hub
+	cp requirements/hub/package.json requirements/hub/package-lock.json build/hub/
+	npm ci --prefix build/hub --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# (-c rather than -m common.course.hub: common.course imports the module first, and runpy would warn)
+hub: $(STAMP) $(HUB_PROXY) ## JupyterHub for a class: HUB_USERS=ada,alan (PORT, HUB_IP, HUB_ISOLATION); Ctrl-C stops it
+	$(BIN)/python -c 'import sys; from common.course.hub import main; main(sys.argv[1:])' \
+		--users "$(HUB_USERS)" --port $(PORT) --ip $(HUB_IP) --state-dir $(HUB_DIR) --repo $(HUB_REPO) \
+		--proxy $(HUB_PROXY) --isolation $(HUB_ISOLATION) $(if $(HUB_BRANCH),--branch $(HUB_BRANCH))
+
 # TLS=1: mutual TLS with a dev CA and short-lived certificates in TLS_DIR (made or renewed first);
 # only spiffe://hpai/client may call unless HPAI_ALLOWED_CLIENTS says otherwise.
 TLS ?=
