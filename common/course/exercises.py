@@ -183,10 +183,14 @@ def assign(module: str | None = None, *, root: Path = ROOT, check: bool = True) 
     selected = [master_of(module, root)] if module else masters(root)
     if not selected:
         raise FileNotFoundError(f"no master notebooks under {root} (looked for {MASTER_GLOB})")
-    made = []
+    made, failed = [], []
     for master in selected:
         with tempfile.TemporaryDirectory(prefix="assign-") as tmp:
-            gen = generate(master, Path(tmp), check=check)
+            try:
+                gen = generate(master, Path(tmp), check=check)
+            except RuntimeError as err:  # one broken master must not stop the others' copies
+                failed.append(f"{master.parents[2].name}: {err}")
+                continue
             exercises = master.parents[1]
             shutil.copy2(gen.student, exercises / NOTEBOOK)
             shutil.rmtree(exercises / "tests", ignore_errors=True)
@@ -205,6 +209,9 @@ def assign(module: str | None = None, *, root: Path = ROOT, check: bool = True) 
                 out / "autograder.zip",
             )
         )
+    if failed:
+        done = ", ".join(g.module for g in made) or "none"
+        raise RuntimeError(f"assign failed for {len(failed)} module(s) (done: {done}):\n" + "\n".join(failed))
     return made
 
 
