@@ -374,6 +374,13 @@ def isolation_note(settings: HubSettings) -> str:
     )
 
 
+def _uid(name: str) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return FIRST_HUMAN_UID  # no such account yet: the hub will create it
+
+
 def choose_accounts(isolation: str) -> bool:
     """One Unix account per learner (True) or every server as the hub's user; raises ValueError when asked
     for accounts that cannot work here, saying how to make them work."""
@@ -438,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         unix_users = choose_accounts(args.isolation)
     except ValueError as e:
         parser.error(str(e))
+    if unix_users and (system := [name for name in users if _uid(name) < FIRST_HUMAN_UID]):
+        parser.error(f"{system}: system accounts on this machine, which no learner may run as; rename them")
     if not port_is_free(args.ip, args.port):
         parser.error(f"port {args.port} on {args.ip} is in use: choose another (make hub PORT=...)")
 

@@ -454,3 +454,17 @@ def _account_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_the_launcher_refuses_a_system_account_as_a_learner(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import common.course.hub as hub
+
+    monkeypatch.setattr(hub, "choose_accounts", lambda isolation: True)  # as if root, with an open environment
+    argv = ["--users", "ada,Root", "--proxy", "/bin/true", "--branch", "main", "--state-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exited:
+        hub.main(argv)
+    assert exited.value.code == 2
+    assert "['root']: system accounts on this machine" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before writing anything
