@@ -322,7 +322,10 @@ def grade(
     learners = [p.stem if stems.count(p.stem) == 1 else p.name for p in files]
 
     def one(i: int) -> Score:
-        return _grade_file(files[i], learners[i], name, autograder, questions, timeout)
+        try:
+            return _grade_file(files[i], learners[i], name, autograder, questions, timeout)
+        except Exception as err:  # one file's surprise must not cost the others their grades
+            return Score(learners[i], files[i], _fresh(questions), f"grading failed: {type(err).__name__}: {err}")
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         scores = list(pool.map(one, range(len(files))))
