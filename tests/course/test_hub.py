@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -408,8 +409,46 @@ def test_configure_runs_this_environments_server_on_the_course_link(tmp_path: Pa
     assert HubSettings.load(tmp_path) == settings
 
 
-@pytest.mark.skipif(not IS_ROOT or shutil.which("useradd") is None, reason="needs root and useradd: it makes accounts")
-def test_learner_accounts_are_private_and_can_pull_the_course(tmp_path: Path) -> None:
+def _closed_to_others(path: Path) -> Path | None:
+    """The first folder on the way to `path` that other accounts cannot enter (no o+x), or None."""
+    for folder in (*reversed(path.parents), path):
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    return None
+
+
+NEEDS_ACCOUNTS = pytest.mark.skipif(
+    not IS_ROOT or shutil.which("useradd") is None, reason="needs root and useradd: it makes accounts"
+)
+
+
+@NEEDS_ACCOUNTS
+@pytest.mark.skipif(
+    _closed_to_others(ROOT) is not None,
+    reason=f"needs a checkout other accounts can enter: {_closed_to_others(ROOT)} has no o+x (a mktemp folder is 0700)",
+)
+def test_a_learner_account_can_pull_the_course() -> None:
+    """git (nbgitpuller) run as a learner reads this checkout although root owns it."""
+    name = f"hpaitest{secrets.token_hex(2)}p"
+    try:
+        account = ensure_unix_user(name, ROOT)
+        remote = subprocess.run(
+            ("git", "ls-remote", "--symref", "--", str(ROOT), "HEAD"),
+            user=account.pw_uid,
+            group=account.pw_gid,
+            extra_groups=[],
+            env={"HOME": account.pw_dir, "PATH": os.defpath},
+            capture_output=True,
+            text=True,
+        )
+        assert remote.returncode == 0 and remote.stdout.startswith("ref: refs/heads/"), remote.stderr
+    finally:
+        remove_unix_account(name)
+    assert not _account_exists(name)
+
+
+@NEEDS_ACCOUNTS
+def test_learner_accounts_are_private(tmp_path: Path) -> None:
     """What UnixUserSpawner does before each start, on two real accounts (removed afterwards): even where the
     hub itself cannot use accounts (see NO_ACCOUNTS), this holds the accounts' part to its promises."""
     tag = secrets.token_hex(2)
@@ -433,9 +472,6 @@ def test_learner_accounts_are_private_and_can_pull_the_course(tmp_path: Path) ->
                 text=True,
             )
 
-        # git (nbgitpuller) as the learner reads this checkout although root owns it
-        remote = as_user(a, "git", "ls-remote", "--symref", "--", str(ROOT), "HEAD")
-        assert remote.returncode == 0 and remote.stdout.startswith("ref: refs/heads/"), remote.stderr
         secret = Path(b.pw_dir) / "notes.txt"
         secret.write_text("b's work")
         os.chown(secret, b.pw_uid, b.pw_gid)
